@@ -1,0 +1,177 @@
+"""The nowcasters: NiNo (a GNN over the neural graph) and WNN+ (a per-parameter MLP).
+
+Both take the scaled edge features of c past states (E, max_feat_size * c) and predict, for every
+edge feature slot, the change from the last state `seq_len` steps ahead at once (direct
+multi-step); the prediction is the last state plus that change. At inference `k` selects one
+horizon and only that output row is computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .gnn import MessagePassingLayer, map_edges
+
+
+@dataclass
+class NiNoConfig:
+    """Architecture of a nowcaster (defaults: the paper's best NiNo without word-index encoding)."""
+
+    ctx: int = 5  # past states in
+    hid: int = 128
+    layers: int = 3  # message-passing layers (gnn only)
+    gnn: bool = True  # False: per-parameter MLP (WNN+)
+    max_feat_size: int = 9  # largest conv kernel (3x3) the edge features hold
+    seq_len: int = 40  # future steps predicted at once
+    edge_types: int = 15
+    lpe: int = 8  # Laplacian eigenvectors as node features (gnn only)
+    wte_pos_enc: bool = False  # node embedding of the word-embedding row index (gnn only)
+    vocab_size: int = 50257
+    chunk_size: int = 100_000  # edges per chunk at inference
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NiNoConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f'unknown nowcaster config fields: {unknown}')
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _mlp(dims: list[int]) -> nn.Sequential:
+    """Linear layers with SiLU between them."""
+    layers: list[nn.Module] = []
+    for i in range(len(dims) - 1):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
+
+
+def _select_rows(linear: nn.Linear, rows: Tensor | slice) -> tuple[Tensor, Tensor]:
+    return linear.weight[rows], linear.bias[rows]
+
+
+class Nowcaster(nn.Module):
+    """Common interface: `forward(edge_attr, edge_type, edge_index, lpe, pos_w, k)`."""
+
+    config: NiNoConfig
+
+    def _check_features(self, edge_attr: Tensor) -> int:
+        ctx = self.config.ctx
+        if edge_attr.dim() != 2 or edge_attr.shape[1] % ctx:
+            raise ValueError(f'edge features must be (E, feat * {ctx}), got {tuple(edge_attr.shape)}')
+        feat = edge_attr.shape[1] // ctx
+        if feat > self.config.max_feat_size:
+            raise ValueError(f'edge features hold {feat} values per edge but this nowcaster supports at '
+                             f'most {self.config.max_feat_size} (e.g. a conv kernel larger than 3x3)')
+        return feat
+
+    def _check_k(self, k: int | None) -> None:
+        if k is not None and not 1 <= k <= self.config.seq_len:
+            raise ValueError(f'k must be in [1, {self.config.seq_len}], got {k}')
+
+
+class NiNoGNN(Nowcaster):
+    """NiNo: message passing over the neural graph, then an edge head.
+
+    The paper's model has `layers` message-passing layers with an edge update after all but the
+    last; the last layer only updates node features, which the edge head never reads, so it is
+    not built (official checkpoints' weights for it are skipped at import).
+    """
+
+    def __init__(self, config: NiNoConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.edge_type_embed = nn.Embedding(c.edge_types, c.hid)
+        self.edge_proj = nn.Linear(c.max_feat_size * c.ctx, c.hid)
+        self.node_proj = nn.Linear(c.lpe, c.hid) if c.lpe else None
+        self.word_embed = nn.Embedding(c.vocab_size + 1, c.hid) if c.wte_pos_enc else None
+        self.layers = nn.ModuleList(MessagePassingLayer(c.hid) for _ in range(c.layers - 1))
+        self.head = _mlp([c.hid, c.hid, c.max_feat_size * c.seq_len])
+        _init_weights(self)
+
+    def forward(self, edge_attr: Tensor, edge_type: Tensor, edge_index: Tensor,
+                lpe: Tensor | None = None, pos_w: Tensor | None = None, k: int | None = None) -> Tensor:
+        """Predict (E, feat) at horizon k, or (E, feat, seq_len) for all horizons when k is None."""
+        c = self.config
+        feat = self._check_features(edge_attr)
+        self._check_k(k)
+        last = edge_attr.view(-1, feat, c.ctx)[:, :, -1]
+        num_nodes = int(edge_index.max()) + 1 if lpe is None else lpe.shape[0]
+
+        w_in = self.edge_proj.weight[:, :feat * c.ctx]
+        e = map_edges(lambda s: F.linear(edge_attr[s], w_in, self.edge_proj.bias)
+                      + self.edge_type_embed(edge_type[s]), len(edge_attr), c.chunk_size)
+        h = edge_attr.new_zeros(num_nodes, c.hid)
+        if self.node_proj is not None:
+            if lpe is None:
+                raise ValueError('this nowcaster needs the Laplacian positional encoding (lpe)')
+            h = h + self.node_proj(lpe)
+        if self.word_embed is not None:
+            if pos_w is None:
+                raise ValueError('this nowcaster needs pos_w (word-embedding row index per node)')
+            h = h + self.word_embed(pos_w)
+        for layer in self.layers:
+            h, e = layer(h, edge_index, e, c.chunk_size)
+
+        hidden, out = self.head[0], self.head[2]
+        if k is None:
+            delta = self.head(e).view(-1, c.max_feat_size, c.seq_len)[:, :feat]
+            return last.unsqueeze(-1) + delta
+        rows = torch.arange(feat, device=edge_attr.device) * c.seq_len + (k - 1)
+        w_out, b_out = _select_rows(out, rows)
+        delta = map_edges(lambda s: F.linear(F.silu(hidden(e[s])), w_out, b_out), len(e), c.chunk_size)
+        return last + delta
+
+
+class NiNoMLP(Nowcaster):
+    """WNN+: the same edge inputs and edge-type embedding, one MLP per parameter, no message passing."""
+
+    def __init__(self, config: NiNoConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.edge_type_embed = nn.Embedding(c.edge_types, c.hid)
+        self.edge_proj = nn.Linear(c.ctx, c.hid)
+        self.mlp = _mlp([c.hid] * 4 + [c.seq_len])
+        _init_weights(self)
+
+    def forward(self, edge_attr: Tensor, edge_type: Tensor, edge_index: Tensor | None = None,
+                lpe: Tensor | None = None, pos_w: Tensor | None = None, k: int | None = None) -> Tensor:
+        """Predict (E, feat) at horizon k, or (E, feat, seq_len) when k is None."""
+        c = self.config
+        feat = self._check_features(edge_attr)
+        self._check_k(k)
+        x = edge_attr.view(-1, feat, c.ctx)
+        last = x[:, :, -1]
+        body, out = self.mlp[:-1], self.mlp[-1]
+        if k is None:
+            return last.unsqueeze(-1) + self.mlp(self.edge_proj(x) + self.edge_type_embed(edge_type).unsqueeze(1))
+        w_out, b_out = _select_rows(out, slice(k - 1, k))
+
+        def run(s: slice) -> Tensor:
+            h = self.edge_proj(x[s]) + self.edge_type_embed(edge_type[s]).unsqueeze(1)
+            return F.linear(body(h), w_out, b_out).squeeze(-1)
+
+        return last + map_edges(run, len(x), c.chunk_size)
+
+
+def build_nowcaster(config: NiNoConfig) -> Nowcaster:
+    """The GNN or the MLP nowcaster for a config."""
+    return NiNoGNN(config) if config.gnn else NiNoMLP(config)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """Normal(0, 0.02) weights and zero biases, as in the reference training code."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,1 @@
+"""The data side: task registry, datasets, trajectory recording, the zarr store and its loader."""

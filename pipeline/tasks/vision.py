@@ -1,0 +1,28 @@
+"""The paper's vision convnets (FM-16, FM-32, C10-16, ...)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class ConvNet(nn.Module):
+    """3x3 convs (first with stride 2, no padding; then 'same'), ReLU, global average pool, linear.
+
+    Parameter names (`fc.0`, `fc.2`, `fc.4`, `fc.8`) follow the published trajectory dataset's
+    `named_parameters()` order and names.
+    """
+
+    def __init__(self, in_channels: int = 1, channels: tuple[int, int, int] = (16, 32, 32),
+                 num_classes: int = 10) -> None:
+        super().__init__()
+        c1, c2, c3 = channels
+        self.fc = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 3, stride=2), nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(c3, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x)

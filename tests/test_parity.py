@@ -1,0 +1,77 @@
+"""Predictions of the published checkpoints equal the reference code's, and `nino.compat` says so."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nino.checkpoint import load_nowcaster
+from nino.compat import check_fixture, default_ckpt_dir, main
+from nino.graph import build_graph
+from nino.scaling import scale_states, unscale_states
+from tests.conftest import FIXTURES, OFFICIAL
+
+
+@pytest.mark.parametrize('tag', ['gnn', 'mlp'])
+def test_predictions_equal_reference_for_every_k(fixture, official_dir, tag):
+    meta, a = fixture
+    model = load_nowcaster(official_dir / meta['nino_ckpts'][tag])
+    g = build_graph(meta['params'], **meta['graph_kwargs'])
+    scaled, stats = scale_states(torch.from_numpy(a['states']), g.params)
+    feats = g.edge_features(scaled)
+    for k in meta['ks']:
+        with torch.no_grad():
+            pred = model(feats, g.edge_type, g.edge_index, torch.from_numpy(a['lpe']), g.pos_w, k=k)
+        x = unscale_states(g.to_vector(pred), g.params, stats).numpy()
+        np.testing.assert_allclose(x, a[f'pred_{tag}_k{k}'], atol=1e-4, rtol=0, err_msg=f'k={k}')
+
+
+def test_chunked_inference_equals_unchunked(official_dir):
+    data = np.load(FIXTURES[0])
+    meta = json.loads(bytes(data['meta_json']))
+    g = build_graph(meta['params'], **meta['graph_kwargs'])
+    feats = g.edge_features(scale_states(torch.from_numpy(data['states']), g.params)[0])
+    lpe = torch.from_numpy(data['lpe'])
+    model = load_nowcaster(official_dir / 'nino_no_posw.pt')
+    with torch.no_grad():
+        model.config.chunk_size = 0
+        whole = model(feats, g.edge_type, g.edge_index, lpe, k=7)
+        model.config.chunk_size = 333
+        chunked = model(feats, g.edge_type, g.edge_index, lpe, k=7)
+        all_k = model(feats, g.edge_type, g.edge_index, lpe)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+    torch.testing.assert_close(all_k[:, :, 6], whole, atol=1e-5, rtol=0)
+
+
+def test_compat_command_passes_on_every_fixture(capsys):
+    assert main([str(p) for p in FIXTURES]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().endswith('parity: ok')
+    assert out.count('pred nino_no_posw.pt k=40') == len(FIXTURES)
+
+
+def test_compat_command_fails_on_a_wrong_prediction(tmp_path, capsys):
+    data = dict(np.load(FIXTURES[0]))
+    data['pred_mlp_k10'] = data['pred_mlp_k10'] + np.float32(2e-4)
+    bad = tmp_path / 'bad.npz'
+    np.savez(bad, **data)
+    assert main([str(bad), '--ckpt-dir', str(OFFICIAL)]) == 1
+    out = capsys.readouterr().out
+    assert 'pred nino_mlp.pt k=10' in out and 'FAIL' in out and 'parity: FAIL' in out
+
+
+def test_compat_reports_a_graph_mismatch(tmp_path):
+    data = dict(np.load(FIXTURES[0]))
+    data['edge_type'] = data['edge_type'].copy()
+    data['edge_type'][0] += 1
+    bad = tmp_path / 'bad.npz'
+    np.savez(bad, **data)
+    rows = check_fixture(bad, OFFICIAL)
+    assert [r.what for r in rows if not r.ok] == ['edge_type']
+
+
+def test_default_ckpt_dir_follows_shared_layout():
+    assert default_ckpt_dir(FIXTURES[0]) == OFFICIAL.resolve()
