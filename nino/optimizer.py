@@ -146,12 +146,14 @@ class NiNo:
         return True
 
     def state_dict(self) -> dict:
-        """Base optimizer state plus the wrapper's position and the states collected so far."""
+        """Base optimizer state, the wrapper's position, the states collected so far and the LPE."""
         return {'base': self.base_opt.state_dict(),
                 'nino': {'step_idx': self.step_idx, 'period': self.period,
                          'max_train_steps': self.max_train_steps, 'num_nowcasts': self.num_nowcasts,
                          'num_rejected': self.num_rejected,
-                         'states': [s.detach().cpu().clone() for s in self._states]}}
+                         'states': [s.detach().cpu().clone() for s in self._states],
+                         'lpe': None if self.nowcaster is None or self._graph_inputs['lpe'] is None
+                         else self._graph_inputs['lpe'].cpu().clone()}}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict()`; period and max_train_steps must match this wrapper's."""
@@ -172,3 +174,9 @@ class NiNo:
         self.num_rejected = nino['num_rejected']
         device = self.device if self.nowcaster is not None else 'cpu'
         self._states = [s.to(device) for s in nino['states']]
+        lpe = nino.get('lpe')
+        if lpe is not None and self.nowcaster is not None and self._graph_inputs['lpe'] is not None:
+            if lpe.shape != self._graph_inputs['lpe'].shape:
+                raise ValueError(f'NiNo state_dict holds a positional encoding of shape {tuple(lpe.shape)}, '
+                                 f'this graph needs {tuple(self._graph_inputs["lpe"].shape)}')
+            self._graph_inputs['lpe'] = lpe.to(self.device)

@@ -2,8 +2,9 @@
 
 Same quantity as torch_geometric's `AddLaplacianEigenvectorPE` on the undirected graph (symmetric
 normalised Laplacian, self-loops ignored, the k eigenvectors after the smallest eigenvalue), but
-each vector's sign is fixed (largest-magnitude entry positive) instead of random, so a run that
-rebuilds the graph after a restart gets the same encoding.
+each vector's sign is fixed (largest-magnitude entry positive) instead of random. Eigenvectors of
+repeated eigenvalues are not unique, so the `NiNo` wrapper also keeps the encoding it used in its
+state_dict, and a resumed run reuses it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import get_laplacian, to_undirected
 
-#: Below this many nodes a dense eigendecomposition is used (as torch_geometric does).
-DENSE_THRESHOLD = 100
+#: Below this many nodes a dense eigendecomposition is used: exact, deterministic and fast enough.
+DENSE_THRESHOLD = 2000
 
 
 def laplacian_pe(edge_index: Tensor, num_nodes: int, k: int = 8) -> Tensor:
@@ -30,9 +31,26 @@ def laplacian_pe(edge_index: Tensor, num_nodes: int, k: int = 8) -> Tensor:
     if num_nodes < DENSE_THRESHOLD:
         vals, vecs = np.linalg.eigh(lap.toarray())
     else:
-        v0 = np.linspace(1.0, 2.0, num_nodes)  # fixed start vector: reproducible across runs
-        vals, vecs = scipy.sparse.linalg.eigsh(lap, k=k + 1, which='SA', v0=v0)
+        vals, vecs = _sparse_smallest(lap, k + 1)
     vecs = vecs[:, np.argsort(vals)][:, 1:k + 1]
     signs = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(vecs.shape[1])])
     signs[signs == 0] = 1
     return torch.from_numpy(vecs * signs).float()
+
+
+def _sparse_smallest(lap: scipy.sparse.csr_matrix, n_vecs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest eigenpairs by ARPACK, retrying with a larger Krylov space when it stalls.
+
+    Neural graphs have many repeated eigenvalues (interchangeable neurons), which can make
+    ARPACK stop with "no shifts could be applied"; a larger `ncv` resolves it.
+    """
+    n = lap.shape[0]
+    v0 = np.linspace(1.0, 2.0, n)  # fixed start vector: same answer on every run
+    ncv = max(4 * n_vecs, 40)
+    while True:
+        try:
+            return scipy.sparse.linalg.eigsh(lap, k=n_vecs, which='SA', v0=v0, ncv=min(ncv, n - 1))
+        except (scipy.sparse.linalg.ArpackError, scipy.sparse.linalg.ArpackNoConvergence):
+            if ncv >= n - 1 or ncv >= 1000:
+                raise
+            ncv *= 2

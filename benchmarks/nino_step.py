@@ -1,0 +1,108 @@
+"""Time and peak memory of one NiNo step for networks from 10K to 1.25M parameters.
+
+    python benchmarks/nino_step.py [--ckpt PATH] [--threads N]
+
+Each network runs in its own process so peak RSS is its own. Reported per network: parameters,
+graph nodes and edges, time to build the neural graph and its Laplacian encoding (once per run),
+time of one nowcast step (scaling, edge features, the GNN, writing the parameters back), and the
+process's peak RSS before and after the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CKPT = ROOT.parent / 'shared' / 'checkpoints' / 'official' / 'nino_no_posw.pt'
+
+
+def _mlp(*widths: int) -> nn.Module:
+    layers: list[nn.Module] = []
+    for i in range(len(widths) - 1):
+        layers += [nn.Linear(widths[i], widths[i + 1]), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def _gpt2(n_embd: int, n_layer: int, n_head: int, vocab: int) -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+    return GPT2LMHeadModel(GPT2Config(n_embd=n_embd, n_layer=n_layer, n_head=n_head, vocab_size=vocab,
+                                      n_positions=1024))
+
+
+def _convnet(*channels: int) -> nn.Module:
+    sys.path.insert(0, str(ROOT))
+    from pipeline.tasks import ConvNet
+    return ConvNet(1, channels)
+
+
+MODELS = {
+    'mlp-784-12-10': lambda: _mlp(784, 12, 10),
+    'convnet-fm16': lambda: _convnet(16, 32, 32),
+    'convnet-fm32': lambda: _convnet(32, 64, 64),
+    'mlp-784-256-256-10': lambda: _mlp(784, 256, 256, 10),
+    'gpt2-3-24-50257': lambda: _gpt2(24, 3, 3, 50257),
+}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_one(name: str, ckpt: Path) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from nino import NiNo, load_nowcaster
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    nowcaster = load_nowcaster(ckpt)
+    t0 = time.perf_counter()
+    opt = NiNo(torch.optim.AdamW(model.parameters()), model, ckpt=nowcaster, period=5, max_train_steps=5)
+    graph_s = time.perf_counter() - t0
+    for _ in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p), alpha=1e-3)
+        opt.step()
+    rss_before = _peak_rss_mb()
+    t0 = time.perf_counter()
+    opt.step()
+    step_s = time.perf_counter() - t0
+    assert opt.num_nowcasts == 1
+    return dict(model=name, params=opt.graph.num_params, nodes=opt.graph.num_nodes, edges=opt.graph.num_edges,
+                graph_s=graph_s, step_s=step_s, rss_before_mb=rss_before, rss_peak_mb=_peak_rss_mb())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--ckpt', type=Path, default=DEFAULT_CKPT)
+    parser.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
+    parser.add_argument('--one', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.one:
+        print(json.dumps(run_one(args.one, args.ckpt)))
+        return
+    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, nowcaster {args.ckpt.name}')
+    print(f'| network | params | nodes | edges | graph + LPE (s) | NiNo step (s) | peak RSS before step (MB) '
+          f'| peak RSS after step (MB) |')
+    print('|---|---:|---:|---:|---:|---:|---:|---:|')
+    for name in MODELS:
+        cmd = [sys.executable, __file__, '--one', name, '--ckpt', str(args.ckpt)]
+        if args.threads:
+            cmd += ['--threads', str(args.threads)]
+        r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        print(f"| {r['model']} | {r['params']:,} | {r['nodes']:,} | {r['edges']:,} | {r['graph_s']:.2f} "
+              f"| {r['step_s']:.3f} | {r['rss_before_mb']:.0f} | {r['rss_peak_mb']:.0f} |", flush=True)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,173 @@
+"""The NiNo optimizer wrapper: when it nowcasts, what it writes, and that it resumes exactly."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nino import NiNo, k_schedule, load_nowcaster
+from nino.graph import UnsupportedLayerError
+from nino.scaling import scale_states, unscale_states
+from pipeline.tasks import ConvNet
+
+PERIOD, STEPS, BATCH, LR = 10, 25, 32, 6e-3
+
+
+def test_k_schedule_decays_from_40_to_1():
+    assert k_schedule(40, 10000, 1000).tolist() == [40, 33, 26, 21, 16, 11, 8, 5, 3, 1]
+    assert k_schedule(40, 500, 1000).tolist() == [40]
+
+
+def _batch(data, step: int):
+    x, y = data
+    g = torch.Generator().manual_seed(1000 + step)
+    idx = torch.randint(0, len(x), (BATCH,), generator=g)
+    return x[idx], y[idx]
+
+
+def _setup(nowcaster, seed: int = 0):
+    torch.manual_seed(seed)
+    model = ConvNet()
+    opt = NiNo(torch.optim.AdamW(model.parameters(), lr=LR), model, ckpt=nowcaster,
+               period=PERIOD, max_train_steps=STEPS)
+    return model, opt
+
+
+def _train(model, opt, data, start: int, stop: int, log: dict | None = None) -> list[float]:
+    losses = []
+    for step in range(start, stop):
+        x, y = _batch(data, step)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        need_grads = getattr(opt, 'need_grads', True)  # a plain torch optimizer always needs them
+        if log is not None:
+            log.setdefault('need_grads', []).append(need_grads)
+            if not need_grads:
+                log.setdefault('states', []).append(torch.stack(opt._states + [opt._flat_params()], 1))
+        if need_grads:
+            loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if log is not None and not log['need_grads'][-1]:
+            log.setdefault('after', []).append(opt._flat_params())
+    return losses
+
+
+@pytest.fixture(scope='module')
+def gnn(official_dir):
+    return load_nowcaster(official_dir / 'nino_no_posw.pt')
+
+
+def test_fm16_nowcasts_twice_and_writes_the_prediction(gnn, fashion_mnist):
+    model, opt = _setup(gnn)
+    log: dict = {}
+    losses = _train(model, opt, fashion_mnist, 0, STEPS, log)
+    assert opt.num_nowcasts == 2 and opt.num_rejected == 0
+    assert [i + 1 for i, need in enumerate(log['need_grads']) if not need] == [10, 20]
+    assert opt.k_schedule.tolist() == [40, 1]
+    for states, after, k in zip(log['states'], log['after'], [40, 1]):
+        scaled, stats = scale_states(states, opt.graph.params)
+        with torch.no_grad():
+            pred = gnn(opt.graph.edge_features(scaled), k=k, **opt._graph_inputs)
+        expected = unscale_states(opt.graph.to_vector(pred), opt.graph.params, stats)
+        assert torch.equal(after, expected)
+        assert not torch.equal(after, states[:, -1])
+    assert np.isfinite(losses).all() and np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_state_dict_mid_period_resumes_identically(gnn, fashion_mnist):
+    model, opt = _setup(gnn)
+    full = _train(model, opt, fashion_mnist, 0, STEPS)
+    final = [p.detach().clone() for p in model.parameters()]
+
+    model_a, opt_a = _setup(gnn)
+    first = _train(model_a, opt_a, fashion_mnist, 0, 13)
+    assert len(opt_a._states) == 1  # saved between two recorded states of the second period
+    buf = io.BytesIO()
+    torch.save({'model': model_a.state_dict(), 'opt': opt_a.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+
+    model_b, opt_b = _setup(gnn, seed=123)  # different init: everything must come from the save
+    model_b.load_state_dict(saved['model'])
+    opt_b.load_state_dict(saved['opt'])
+    rest = _train(model_b, opt_b, fashion_mnist, 13, STEPS)
+    assert first + rest == full
+    assert opt_b.num_nowcasts == 2
+    for p, q in zip(model_b.parameters(), final):
+        assert torch.equal(p, q)
+
+
+def test_without_checkpoint_it_is_the_base_optimizer(fashion_mnist):
+    model, opt = _setup(None)
+    torch.manual_seed(0)
+    ref = ConvNet()
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=LR)
+    assert _train(model, opt, fashion_mnist, 0, 12) == _train(ref, ref_opt, fashion_mnist, 0, 12)
+    assert opt.need_grads
+
+
+def test_non_finite_prediction_is_never_written(official_dir, fashion_mnist):
+    broken = load_nowcaster(official_dir / 'nino_mlp.pt')
+    with torch.no_grad():
+        broken.mlp[-1].bias.fill_(float('nan'))
+    model, opt = _setup(broken)
+    torch.manual_seed(0)
+    ref = ConvNet()
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=LR)
+
+    def train_always_backward(m, o):
+        out = []
+        for step in range(STEPS):
+            x, y = _batch(fashion_mnist, step)
+            o.zero_grad()
+            loss = F.cross_entropy(m(x), y)
+            loss.backward()
+            o.step()
+            out.append(loss.item())
+        return out
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        losses = train_always_backward(model, opt)
+    assert sum('NaN/Inf' in str(w.message) for w in caught) == 2
+    assert opt.num_rejected == 2 and opt.num_nowcasts == 0
+    assert losses == train_always_backward(ref, ref_opt)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_gpt2_nowcast_runs_on_a_real_transformers_model(gnn):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_embd=12, n_layer=1, n_head=2, vocab_size=50, n_positions=16))
+    opt = NiNo(torch.optim.AdamW(model.parameters(), lr=1e-2), model, ckpt=gnn, period=5, max_train_steps=5)
+    tokens = torch.randint(0, 50, (4, 16), generator=torch.Generator().manual_seed(0))
+    before = None
+    for _ in range(5):
+        opt.zero_grad()
+        loss = model(tokens, labels=tokens).loss
+        if opt.need_grads:
+            loss.backward()
+        else:
+            before = opt._flat_params()
+        opt.step()
+    assert opt.num_nowcasts == 1
+    assert not torch.equal(opt._flat_params(), before)
+
+
+def test_kernel_larger_than_the_nowcaster_supports_is_named(gnn):
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 5), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with pytest.raises(UnsupportedLayerError, match=r"'0\.weight' has a 5x5 kernel"):
+        NiNo(torch.optim.SGD(model.parameters(), lr=0.1), model, ckpt=gnn)
+
+
+def test_load_state_dict_rejects_another_period(gnn):
+    model, opt = _setup(gnn)
+    other = NiNo(torch.optim.AdamW(model.parameters()), model, ckpt=gnn, period=20, max_train_steps=STEPS)
+    with pytest.raises(ValueError, match='period=10'):
+        other.load_state_dict(opt.state_dict())
