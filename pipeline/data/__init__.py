@@ -1,5 +1,8 @@
-"""Dataset readers (IDX for MNIST/FashionMNIST, ...) that turn files on disk into tensors."""
+"""Datasets: readers (IDX, CIFAR batches, text), downloaders, and task data with batches."""
 
+from .datasets import ClassificationData, TaskData, TokenData, load_dataset
+from .download import ChecksumError, download_dataset, download_file
 from .idx import load_idx_dataset, read_idx
 
-__all__ = ['load_idx_dataset', 'read_idx']
+__all__ = ['ChecksumError', 'ClassificationData', 'TaskData', 'TokenData', 'download_dataset', 'download_file',
+           'load_dataset', 'load_idx_dataset', 'read_idx']

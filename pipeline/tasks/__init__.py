@@ -1,5 +1,8 @@
-"""Task registry: the networks (and later datasets and optimizers) that trajectories are recorded on."""
+"""Task registry: declarative task specs, presets and the networks they train."""
 
+from .models import MLP, build_model
+from .presets import PRESETS
+from .spec import ConfigError, TaskSpec, expand_task, load_tasks
 from .vision import ConvNet
 
-__all__ = ['ConvNet']
+__all__ = ['MLP', 'PRESETS', 'ConfigError', 'ConvNet', 'TaskSpec', 'build_model', 'expand_task', 'load_tasks']

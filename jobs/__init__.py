@@ -1,0 +1,1 @@
+"""Ray job entry points: collect (trajectories), and later train and evaluate."""

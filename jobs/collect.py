@@ -1,0 +1,149 @@
+"""Collect trajectories with Ray: `python -m jobs.collect --config jobs/configs/NAME.yaml`.
+
+One Ray task per trajectory writes straight into its own region of the store; the driver marks a
+trajectory done in the manifest only after the task returned, i.e. after all its data is
+written. A rerun schedules only trajectories that are missing or failed. Worker crashes are
+retried by Ray (`--retries`). Locally `ray.init()` starts a cluster on this machine; on a
+cluster submit the same command with `ray job submit --working-dir . -- python -m jobs.collect ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from tqdm import tqdm
+
+from nino.graph import param_shapes
+from pipeline.record import METRICS, record_trajectory
+from pipeline.store import TrajectoryStore
+from pipeline.tasks import ConfigError, TaskSpec, build_model, load_tasks
+
+
+@dataclass
+class Summary:
+    scheduled: int = 0
+    skipped: int = 0  # already done before this run
+    done: int = 0
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def per_hour(self) -> float:
+        return self.done / self.seconds * 3600 if self.seconds else 0.0
+
+    def __str__(self) -> str:
+        lines = [f'scheduled {self.scheduled}, done {self.done}, failed {len(self.failed)}, '
+                 f'already done {self.skipped}, {self.seconds:.1f} s, {self.per_hour:.0f} trajectories/hour']
+        lines += [f'  failed: {f}' for f in self.failed]
+        return '\n'.join(lines)
+
+
+def load_config(path: str | Path) -> tuple[dict[str, Any], list[TaskSpec]]:
+    """Read a collection config; dataset paths are made absolute (relative to the working dir)."""
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f'{path}: config file not found') from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f'{path}: not valid YAML: {err}') from None
+    try:
+        specs = load_tasks(cfg)
+    except ConfigError as err:
+        raise ConfigError(f'{path}: {err}') from None
+    resolved = []
+    for spec in specs:
+        dataset = dict(spec.dataset)
+        for key in ('root', 'path'):
+            if key in dataset:
+                dataset[key] = str(Path(dataset[key]).expanduser().resolve())
+        resolved.append(TaskSpec.from_dict({**spec.to_dict(), 'dataset': dataset}))
+    return cfg, resolved
+
+
+def record_into_store(store_url: str, spec_dict: dict[str, Any], index: int) -> dict[str, Any]:
+    """Record one trajectory into its region of the store; returns its manifest row."""
+    spec = TaskSpec.from_dict(spec_dict)
+    group = TrajectoryStore(store_url).group(spec.name)
+    traj = record_trajectory(spec, index, sink=lambda start, block: group.write_states(index, start, block),
+                             chunk_states=group.chunk_states)
+    group.write_metrics(index, traj.metrics)
+    last = traj.metrics[-1]
+    return dict(task=spec.name, index=index, status='done', seed=traj.seed, lr=traj.lr,
+                hparams=f'{{"lr": {traj.lr!r}, "seed": {traj.seed}}}', final_train_loss=float(last[0]),
+                final_val_loss=float(last[2]), final_val_acc=float(last[3]), wall_time=traj.wall_time,
+                host=socket.gethostname(), checksum=traj.checksum, error=None, updated=time.time())
+
+
+_record_remote = ray.remote(record_into_store)
+
+
+def collect(config: str | Path, store_url: str | None = None, address: str | None = None,
+            retries: int = 3, progress: bool = True) -> Summary:
+    """Run (or resume) a collection; returns what happened."""
+    cfg, specs = load_config(config)
+    store_url = store_url or cfg.get('store')
+    if not store_url:
+        raise ConfigError(f"{config}: no store given (field 'store' or --store)")
+    store = TrajectoryStore(store_url)
+    for spec in specs:
+        store.ensure_group(spec, param_shapes(build_model(spec.arch)), list(METRICS))
+    manifest = store.manifest()
+    done = manifest.done()
+    todo = [(s, i) for s in specs for i in range(s.trajectories) if (s.name, i) not in done]
+    summary = Summary(scheduled=len(todo), skipped=sum(s.trajectories for s in specs) - len(todo))
+    if not todo:
+        return summary
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, logging_level='WARNING')
+    start = time.time()
+    pending = {}
+    for spec, i in todo:
+        ref = _record_remote.options(num_cpus=spec.threads, max_retries=retries,
+                                     name=f'record:{spec.name}[{i}]').remote(store_url, spec.to_dict(), i)
+        pending[ref] = (spec, i)
+    with tqdm(total=len(todo), desc='trajectories', disable=not progress, unit='traj') as bar:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            spec, i = pending.pop(ready[0])
+            try:
+                row = ray.get(ready[0])
+                summary.done += 1
+            except (ray.exceptions.RayError, Exception) as err:  # task error or worker lost past retries
+                row = dict(task=spec.name, index=i, status='failed', seed=spec.trajectory_seed(i),
+                           lr=spec.trajectory_lr(i), error=str(err).splitlines()[0][:500], updated=time.time())
+                summary.failed.append(f'{spec.name}[{i}]: {row["error"]}')
+            manifest.upsert(row)
+            bar.update(1)
+    summary.seconds = time.time() - start
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m jobs.collect', description=__doc__.split('\n\n')[0])
+    parser.add_argument('--config', required=True, help='YAML config (see jobs/configs/)')
+    parser.add_argument('--store', default=None, help="store path or fsspec URL (default: the config's 'store')")
+    parser.add_argument('--address', default=None, help='Ray cluster address (default: local, or RAY_ADDRESS)')
+    parser.add_argument('--retries', type=int, default=3, help='retries of a trajectory whose worker died')
+    args = parser.parse_args(argv)
+    try:
+        summary = collect(args.config, args.store, args.address or os.environ.get('RAY_ADDRESS'), args.retries)
+    except ConfigError as err:
+        print(f'config error: {err}', file=sys.stderr)
+        return 2
+    print(summary)
+    return 1 if summary.failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Task datasets: a `dataset` mapping of a task spec -> tensors with train/validation batches.
+
+    {name: fashion-mnist | mnist, root: DIR, val_size: N}   IDX files (train/t10k pair, or one
+                                                            images/labels pair split into train/val)
+    {name: cifar10 | cifar100, root: DIR}                    CIFAR python batches
+    {name: text, path: FILE, tokenizer: bytes, context: 64, val_fraction: 0.1}
+    {name: digits, val_size: 297}                            scikit-learn's bundled 8x8 digits
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .cifar import load_cifar
+from .idx import load_idx_dataset
+from .text import load_text_tokens
+
+
+@dataclass
+class ClassificationData:
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        idx = torch.randint(0, len(self.x_train), (batch_size,), generator=generator)
+        return self.x_train[idx], self.y_train[idx]
+
+    def val_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for i in range(0, len(self.x_val), batch_size):
+            yield self.x_val[i:i + batch_size], self.y_val[i:i + batch_size]
+
+
+@dataclass
+class TokenData:
+    train: Tensor
+    val: Tensor
+    context: int
+    max_val_windows: int = 256
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        starts = torch.randint(0, len(self.train) - self.context - 1, (batch_size,), generator=generator)
+        return self._windows(self.train, starts)
+
+    def val_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        n = min(self.max_val_windows, (len(self.val) - 1) // self.context)
+        starts = torch.arange(n) * self.context
+        for i in range(0, n, batch_size):
+            yield self._windows(self.val, starts[i:i + batch_size])
+
+    def _windows(self, tokens: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
+        offsets = starts.unsqueeze(1) + torch.arange(self.context + 1)
+        w = tokens[offsets]
+        return w[:, :-1], w[:, 1:]
+
+
+TaskData = ClassificationData | TokenData
+
+
+def _split(x: Tensor, y: Tensor, val_size: int) -> ClassificationData:
+    if not 0 < val_size < len(x):
+        raise ValueError(f'val_size must be in (0, {len(x)}), got {val_size}')
+    return ClassificationData(x[:-val_size], y[:-val_size], x[-val_size:], y[-val_size:])
+
+
+def _find(root: Path, stem: str) -> Path | None:
+    for name in (f'{stem}.gz', stem):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def _idx(cfg: dict[str, Any]) -> ClassificationData:
+    root = Path(cfg['root'])
+    train = _find(root, 'train-images-idx3-ubyte'), _find(root, 'train-labels-idx1-ubyte')
+    test = _find(root, 't10k-images-idx3-ubyte'), _find(root, 't10k-labels-idx1-ubyte')
+    single = _find(root, 'images-idx3-ubyte'), _find(root, 'labels-idx1-ubyte')
+    if all(train) and all(test):
+        return ClassificationData(*load_idx_dataset(*train), *load_idx_dataset(*test))
+    if all(single):
+        x, y = load_idx_dataset(*single)
+        return _split(x, y, int(cfg.get('val_size', len(x) // 10)))
+    raise FileNotFoundError(f'{root}: no IDX files (expected train-/t10k-images-idx3-ubyte[.gz] and labels, '
+                            f'or images-idx3-ubyte[.gz] and labels-idx1-ubyte[.gz])')
+
+
+def _digits(cfg: dict[str, Any]) -> ClassificationData:
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.from_numpy(d.data).float().div(16.0).view(-1, 1, 8, 8)
+    y = torch.from_numpy(d.target).long()
+    return _split(x, y, int(cfg.get('val_size', 297)))
+
+
+def _text(cfg: dict[str, Any]) -> TokenData:
+    tokens = load_text_tokens(cfg['path'], cfg.get('tokenizer', 'bytes'))
+    n_val = int(len(tokens) * float(cfg.get('val_fraction', 0.1)))
+    return TokenData(tokens[:-n_val], tokens[-n_val:], int(cfg.get('context', 64)))
+
+
+def _cifar(cfg: dict[str, Any]) -> ClassificationData:
+    return ClassificationData(*load_cifar(cfg['root'], cfg['name'], 'train'), *load_cifar(cfg['root'], cfg['name'], 'test'))
+
+
+_LOADERS = {'fashion-mnist': _idx, 'mnist': _idx, 'digits': _digits, 'text': _text,
+            'cifar10': _cifar, 'cifar100': _cifar}
+
+
+def load_dataset(cfg: dict[str, Any]) -> TaskData:
+    """Load (once per process) the dataset a task spec's `dataset` mapping names."""
+    return _load_cached(tuple(sorted((k, str(v)) for k, v in cfg.items())))
+
+
+@lru_cache(maxsize=8)
+def _load_cached(key: tuple[tuple[str, str], ...]) -> TaskData:
+    cfg = dict(key)
+    name = cfg.get('name')
+    if name not in _LOADERS:
+        raise ValueError(f'unknown dataset {name!r} (known: {sorted(_LOADERS)})')
+    try:
+        return _LOADERS[name](cfg)
+    except KeyError as err:
+        raise ValueError(f'dataset {name!r} needs field {err}') from None

@@ -1,0 +1,66 @@
+"""The trajectory manifest: one Parquet row per (task, trajectory index), rewritten atomically.
+
+Only the collection driver writes it, and only after a trajectory's arrays are fully written,
+so a row with status 'done' always describes complete data. Each write replaces the whole file
+in one step (rename on local disk, a single PUT on object stores): a reader never sees half a
+manifest and a killed writer never loses rows that were already there.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+SCHEMA = pa.schema([
+    ('task', pa.string()), ('index', pa.int32()), ('status', pa.string()), ('seed', pa.int64()),
+    ('lr', pa.float64()), ('hparams', pa.string()), ('final_train_loss', pa.float64()),
+    ('final_val_loss', pa.float64()), ('final_val_acc', pa.float64()), ('wall_time', pa.float64()),
+    ('host', pa.string()), ('checksum', pa.string()), ('error', pa.string()), ('updated', pa.float64()),
+])
+
+Key = tuple[str, int]
+
+
+class Manifest:
+    """Rows keyed by (task, index); `upsert` writes the file."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str) -> None:
+        self.fs = fs
+        self.path = path
+        self.rows: dict[Key, dict[str, Any]] = {}
+        if fs.exists(path):
+            with fs.open(path, 'rb') as f:
+                table = pq.read_table(f)
+            for row in table.to_pylist():
+                self.rows[(row['task'], row['index'])] = row
+
+    def done(self, task: str | None = None) -> set[Key]:
+        return {k for k, r in self.rows.items() if r['status'] == 'done' and (task is None or k[0] == task)}
+
+    def upsert(self, *rows: dict[str, Any]) -> None:
+        for row in rows:
+            full = {name: row.get(name) for name in SCHEMA.names}
+            self.rows[(full['task'], full['index'])] = full
+        self._write()
+
+    def _write(self) -> None:
+        ordered = [self.rows[k] for k in sorted(self.rows)]
+        table = pa.Table.from_pylist(ordered, schema=SCHEMA)
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        data = buf.getvalue()
+        if isinstance(self.fs, LocalFileSystem):
+            tmp = f'{self.path}.tmp-{os.getpid()}'
+            with open(tmp, 'wb') as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        else:
+            self.fs.pipe_file(self.path, data)

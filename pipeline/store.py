@@ -1,0 +1,145 @@
+"""The zarr (v3) trajectory store: one group per task, a Parquet manifest beside them.
+
+    STORE/
+      zarr.json                 root group, attrs: format, version, tasks (names of the task groups)
+      manifest.parquet          one row per trajectory (see pipeline.manifest)
+      <task>/                   attrs: spec, layout [(name, shape)], metrics, codec
+        params                  (n_traj, n_states, n_params) float16, chunks (1, chunk_states, n_params)
+        metrics                 (n_traj, n_states, n_metrics) float32, chunks (1, n_states, n_metrics)
+        steps                   (n_states,) int64: optimizer step of each state
+
+A chunk never spans two trajectories, so every trajectory is written by one process without
+touching another's chunks. Stores are local paths or fsspec URLs (`memory://`, `s3://`, ...).
+The layout is documented in docs/store-format.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from .manifest import Manifest
+from .tasks import TaskSpec
+
+FORMAT = 'nino-trajectories'
+VERSION = 1
+CHUNK_BYTES = 4 << 20  # target size of one params chunk before compression
+#: Chosen by measurement (docs/benchmarks.md, benchmarks/collect.py): best ratio at full speed.
+PARAMS_CODEC = dict(cname='zstd', clevel=3, shuffle='bitshuffle')
+#: Dataset location fields: machine-specific, so not compared when a store is reopened.
+_LOCATION_FIELDS = ('root', 'path')
+
+
+class StoreError(ValueError):
+    """A store or task group that does not match what the caller expects."""
+
+
+def chunk_states(n_states: int, n_params: int) -> int:
+    """States per params chunk: about CHUNK_BYTES of float16, at least 1."""
+    return max(1, min(n_states, CHUNK_BYTES // (2 * n_params)))
+
+
+def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
+    d = dict(spec)
+    d['dataset'] = {k: v for k, v in d['dataset'].items() if k not in _LOCATION_FIELDS}
+    return d
+
+
+class TaskGroup:
+    """One task's arrays in the store."""
+
+    def __init__(self, group: zarr.Group) -> None:
+        self.group = group
+        attrs = group.attrs.asdict()
+        self.spec = TaskSpec.from_dict(attrs['spec'])
+        self.layout: list[tuple[str, tuple[int, ...]]] = [(n, tuple(s)) for n, s in attrs['layout']]
+        self.metric_names: list[str] = list(attrs['metrics'])
+        self.params = group['params']
+        self.metrics = group['metrics']
+        self.steps = group['steps']
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def chunk_states(self) -> int:
+        return self.params.chunks[1]
+
+    def write_states(self, index: int, start: int, block: np.ndarray) -> None:
+        self.params[index, start:start + len(block), :] = block
+
+    def write_metrics(self, index: int, metrics: np.ndarray) -> None:
+        self.metrics[index] = metrics
+
+    def read_params(self, index: int, states: slice | np.ndarray = slice(None)) -> np.ndarray:
+        return self.params[index, states, :]
+
+    def read_metrics(self, index: int) -> np.ndarray:
+        return self.metrics[index]
+
+
+class TrajectoryStore:
+    """Open (creating if needed) a trajectory store at a local path or fsspec URL."""
+
+    def __init__(self, url: str | Path, storage_options: dict[str, Any] | None = None, mode: str = 'a') -> None:
+        self.url = str(url)
+        self.storage_options = storage_options or {}
+        kwargs = {'storage_options': self.storage_options} if self.storage_options else {}
+        if mode == 'r' and not self._fs_path()[0].exists(self._fs_path()[1] + '/zarr.json'):
+            raise StoreError(f'{self.url}: no trajectory store here (zarr.json missing)')
+        self.root = zarr.open_group(self.url, mode=mode, zarr_format=3, **kwargs)
+        fmt = self.root.attrs.get('format')
+        if fmt is None and mode != 'r':
+            self.root.attrs.update({'format': FORMAT, 'version': VERSION})
+        elif fmt != FORMAT:
+            raise StoreError(f'{self.url}: not a trajectory store (format={fmt!r})')
+
+    def _fs_path(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        fs, path = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        return fs, path.rstrip('/')
+
+    def manifest(self) -> Manifest:
+        fs, path = self._fs_path()
+        return Manifest(fs, f'{path}/manifest.parquet')
+
+    def task_names(self) -> list[str]:
+        """Task groups, from the root's `tasks` attribute (listing the folder would also meet the manifest)."""
+        return sorted(self.root.attrs.get('tasks', []))
+
+    def group(self, name: str) -> TaskGroup:
+        if name not in self.task_names():
+            raise StoreError(f'{self.url}: no task group {name!r} (have: {self.task_names()})')
+        return TaskGroup(self.root[name])
+
+    def ensure_group(self, spec: TaskSpec, layout: list[tuple[str, tuple[int, ...]]],
+                     metric_names: list[str]) -> TaskGroup:
+        """The task's group, created on first use; a different existing spec is an error."""
+        if spec.name in self.task_names():
+            group = self.group(spec.name)
+            old, new = _comparable(group.spec.to_dict()), _comparable(spec.to_dict())
+            diff = sorted(k for k in new if old.get(k) != new[k])
+            if diff or group.layout != [(n, tuple(s)) for n, s in layout]:
+                detail = ', '.join(f'{k}: stored {old.get(k)!r} vs config {new[k]!r}' for k in diff) or 'layout'
+                raise StoreError(f"{self.url}: task group '{spec.name}' exists with another spec ({detail}); "
+                                 f"use a new task name or a new store (nothing was changed)")
+            return group
+        n_params = sum(int(np.prod(s)) for _, s in layout)
+        n_states = spec.num_states
+        g = self.root.create_group(spec.name)
+        self.root.attrs['tasks'] = self.task_names() + [spec.name]
+        g.attrs.update({'spec': spec.to_dict(), 'layout': [[n, list(s)] for n, s in layout],
+                        'metrics': list(metric_names), 'codec': {'params': PARAMS_CODEC}})
+        g.create_array('params', shape=(spec.trajectories, n_states, n_params), dtype='float16',
+                       chunks=(1, chunk_states(n_states, n_params), n_params),
+                       compressors=BloscCodec(**PARAMS_CODEC), fill_value=np.nan)
+        g.create_array('metrics', shape=(spec.trajectories, n_states, len(metric_names)), dtype='float32',
+                       chunks=(1, n_states, len(metric_names)), fill_value=np.nan)
+        steps = g.create_array('steps', shape=(n_states,), dtype='int64', chunks=(n_states,))
+        steps[:] = np.arange(n_states, dtype=np.int64) * spec.record_every
+        return TaskGroup(g)
