@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from nino.graph import param_shapes
 from pipeline.record import METRICS, record_trajectory
-from pipeline.store import TrajectoryStore
+from pipeline.store import StoreError, TrajectoryStore
 from pipeline.tasks import ConfigError, TaskSpec, build_model, load_tasks
 
 
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         summary = collect(args.config, args.store, args.address or os.environ.get('RAY_ADDRESS'), args.retries)
-    except ConfigError as err:
-        print(f'config error: {err}', file=sys.stderr)
+    except (ConfigError, StoreError) as err:
+        print(f'error: {err}', file=sys.stderr)
         return 2
     print(summary)
     return 1 if summary.failed else 0

@@ -9,7 +9,8 @@
         steps                   (n_states,) int64: optimizer step of each state
 
 A chunk never spans two trajectories, so every trajectory is written by one process without
-touching another's chunks. Stores are local paths or fsspec URLs (`memory://`, `s3://`, ...).
+touching another's chunks. Every chunk carries a CRC32C, so a damaged chunk fails to decode
+(and `verify` names it) instead of returning wrong numbers. Stores are local paths or fsspec URLs (`memory://`, `s3://`, ...).
 The layout is documented in docs/store-format.md.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 import fsspec
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from .manifest import Manifest
 from .tasks import TaskSpec
@@ -137,9 +138,9 @@ class TrajectoryStore:
                         'metrics': list(metric_names), 'codec': {'params': PARAMS_CODEC}})
         g.create_array('params', shape=(spec.trajectories, n_states, n_params), dtype='float16',
                        chunks=(1, chunk_states(n_states, n_params), n_params),
-                       compressors=BloscCodec(**PARAMS_CODEC), fill_value=np.nan)
+                       compressors=[BloscCodec(**PARAMS_CODEC), Crc32cCodec()], fill_value=np.nan)
         g.create_array('metrics', shape=(spec.trajectories, n_states, len(metric_names)), dtype='float32',
-                       chunks=(1, n_states, len(metric_names)), fill_value=np.nan)
+                       chunks=(1, n_states, len(metric_names)), compressors=[Crc32cCodec()], fill_value=np.nan)
         steps = g.create_array('steps', shape=(n_states,), dtype='int64', chunks=(n_states,))
         steps[:] = np.arange(n_states, dtype=np.int64) * spec.record_every
         return TaskGroup(g)

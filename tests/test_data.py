@@ -1,0 +1,115 @@
+"""Dataset readers and downloaders, on the shared files and on files written in the same formats."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.data import ChecksumError, download_dataset, download_file, load_dataset, read_idx
+from pipeline.data.cifar import load_cifar
+from pipeline.data.download import SOURCES
+from tests.conftest import SHARED
+
+
+def _write_idx(path, array: np.ndarray, gz: bool = False) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    (gzip.open if gz else open)(path, 'wb').write(data)
+
+
+def test_idx_round_trip_and_errors(tmp_path):
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    _write_idx(tmp_path / 'a.idx', a)
+    _write_idx(tmp_path / 'a.idx.gz', a, gz=True)
+    assert (read_idx(tmp_path / 'a.idx') == a).all() and (read_idx(tmp_path / 'a.idx.gz') == a).all()
+    (tmp_path / 'bad.idx').write_bytes(b'\x01\x02\x03\x04')
+    with pytest.raises(ValueError, match='bad.idx: not an IDX file'):
+        read_idx(tmp_path / 'bad.idx')
+    (tmp_path / 'short.idx').write_bytes((tmp_path / 'a.idx').read_bytes()[:-1])
+    with pytest.raises(ValueError, match='short.idx'):
+        read_idx(tmp_path / 'short.idx')
+
+
+def test_shared_fashion_mnist_split(fashion_mnist):
+    data = load_dataset({'name': 'fashion-mnist', 'root': str(SHARED / 'data' / 'fashion-mnist-t10k-4443'),
+                         'val_size': 443})
+    assert data.x_train.shape == (4000, 1, 28, 28) and data.x_val.shape == (443, 1, 28, 28)
+    assert torch.equal(data.y_val, fashion_mnist[1][-443:])
+
+
+def test_train_test_idx_pair(tmp_path):
+    for split, n in (('train', 6), ('t10k', 4)):
+        _write_idx(tmp_path / f'{split}-images-idx3-ubyte.gz', np.full((n, 28, 28), 255), gz=True)
+        _write_idx(tmp_path / f'{split}-labels-idx1-ubyte.gz', np.arange(n), gz=True)
+    data = load_dataset({'name': 'mnist', 'root': str(tmp_path)})
+    assert len(data.x_train) == 6 and len(data.x_val) == 4 and float(data.x_train.max()) == 1.0
+
+
+def _cifar_batch(path, n, label_key, seed):
+    rng = np.random.default_rng(seed)
+    d = {b'data': rng.integers(0, 256, (n, 3072), dtype=np.uint8), label_key: rng.integers(0, 10, n).tolist()}
+    with open(path, 'wb') as f:
+        pickle.dump(d, f)
+    return d
+
+
+def test_cifar_batches(tmp_path):
+    folder = tmp_path / 'cifar-10-batches-py'
+    folder.mkdir()
+    batches = [_cifar_batch(folder / f'data_batch_{i}', 5, b'labels', i) for i in range(1, 6)]
+    _cifar_batch(folder / 'test_batch', 3, b'labels', 9)
+    x, y = load_cifar(tmp_path, 'cifar10', 'train')
+    assert x.shape == (25, 3, 32, 32) and y.tolist()[:5] == batches[0][b'labels']
+    assert torch.equal(x[0], torch.from_numpy(batches[0][b'data'][0].reshape(3, 32, 32) / 255.0).float())
+    folder100 = tmp_path / 'c100' / 'cifar-100-python'
+    folder100.mkdir(parents=True)
+    _cifar_batch(folder100 / 'train', 4, b'fine_labels', 1)
+    _cifar_batch(folder100 / 'test', 2, b'fine_labels', 2)
+    data = load_dataset({'name': 'cifar100', 'root': str(tmp_path / 'c100')})
+    assert len(data.x_train) == 4 and len(data.x_val) == 2
+
+
+def test_text_windows_are_next_token_pairs():
+    data = load_dataset({'name': 'text', 'path': str(SHARED / 'data' / 'tinyshakespeare' / 'input.txt'),
+                         'context': 16})
+    x, y = data.train_batch(4, torch.Generator().manual_seed(0))
+    assert x.shape == (4, 16) and torch.equal(x[:, 1:], y[:, :-1])
+    assert int(x.max()) < 256
+
+
+def test_download_file_checks_md5_and_leaves_nothing_on_mismatch(tmp_path):
+    src = SHARED / 'data' / 'tinyshakespeare' / 'input.txt'
+    md5 = hashlib.md5(src.read_bytes()).hexdigest()
+    dest = download_file(src.as_uri(), tmp_path / 'a' / 'input.txt', md5)
+    assert dest.read_bytes() == src.read_bytes()
+    with pytest.raises(ChecksumError, match='does not match'):
+        download_file(src.as_uri(), tmp_path / 'b' / 'input.txt', '0' * 32)
+    assert list((tmp_path / 'b').iterdir()) == []
+
+
+def test_download_dataset_from_a_mirror_skips_files_already_there(tmp_path):
+    mirror = (SHARED / 'data' / 'tinyshakespeare').as_uri()
+    root = download_dataset('tinyshakespeare', tmp_path, mirror=mirror)
+    first = (root / 'input.txt').stat().st_mtime_ns
+    download_dataset('tinyshakespeare', tmp_path, mirror=mirror)
+    assert (root / 'input.txt').stat().st_mtime_ns == first
+
+
+def test_download_dataset_unpacks_archives(tmp_path, monkeypatch):
+    src = tmp_path / 'src'
+    (src / 'cifar-10-batches-py').mkdir(parents=True)
+    for name in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
+        _cifar_batch(src / 'cifar-10-batches-py' / name, 2, b'labels', 0)
+    archive = tmp_path / 'cifar-10-python.tar.gz'
+    with tarfile.open(archive, 'w:gz') as tar:
+        tar.add(src / 'cifar-10-batches-py', arcname='cifar-10-batches-py')
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    monkeypatch.setitem(SOURCES, 'cifar10', ('unused', {'cifar-10-python.tar.gz': md5}))
+    root = download_dataset('cifar10', tmp_path / 'data', mirror=tmp_path.as_uri())
+    assert load_cifar(root, 'cifar10', 'test')[0].shape == (2, 3, 32, 32)

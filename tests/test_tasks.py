@@ -1,0 +1,69 @@
+"""Task specs and configs: families, presets, and errors that name the bad field."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.collect import load_config
+from pipeline.tasks import ConfigError, TaskSpec, build_model, load_tasks
+
+
+def _fm(**over):
+    return {'preset': 'fm-16', 'dataset': {'root': 'data'}, **over}
+
+
+def test_family_sampling_is_per_trajectory_and_reproducible():
+    spec, = load_tasks({'tasks': [_fm(trajectories=50, lr=[0.001, 0.01], seed=7)]})
+    lrs = [spec.trajectory_lr(i) for i in range(50)]
+    assert all(0.001 <= lr <= 0.01 for lr in lrs) and len(set(lrs)) == 50
+    assert lrs == [TaskSpec.from_dict(spec.to_dict()).trajectory_lr(i) for i in range(50)]
+    assert [spec.trajectory_seed(i) for i in (0, 3)] == [7, 10]
+
+
+def test_widths_make_one_group_each_with_scaled_networks():
+    specs = load_tasks({'tasks': [_fm(widths=[1, 2])]})
+    assert [s.name for s in specs] == ['fm-16', 'fm-16-w2']
+    assert specs[1].arch['channels'] == [32, 64, 64]
+    sizes = [sum(p.numel() for p in build_model(s.arch).parameters()) for s in specs]
+    assert sizes[0] == 14378 and sizes[1] > sizes[0]
+
+
+def test_presets_cover_the_paper_tasks():
+    for preset in ('fm-16', 'fm-32', 'c10-16', 'c10-32', 'c100-32', 'lm-3-24', 'lm-2-32', 'digits-mlp'):
+        spec, = load_tasks({'tasks': [{'preset': preset, 'dataset': {'root': 'x', 'path': 'y'}}]})
+        build_model(spec.arch)
+    fm, = load_tasks({'tasks': [_fm()]})
+    assert fm.lr == (0.006, 0.006) and fm.record_every == 4
+
+
+@pytest.mark.parametrize('entry, field', [
+    (_fm(stpes=10), 'stpes'),
+    (_fm(steps='ten'), "'steps'"),
+    (_fm(steps=0), "'steps'"),
+    (_fm(lr=[0.01, 0.001]), "'lr'"),
+    (_fm(eval_every=10), "'eval_every'"),
+    (_fm(optimizer='lion'), "'optimizer'"),
+    (_fm(widths=[]), "'widths'"),
+    ({'preset': 'fm-99'}, "'preset'"),
+    ({'name': 'x', 'dataset': {'name': 'digits'}}, "'arch'"),
+])
+def test_malformed_task_names_the_field(entry, field):
+    with pytest.raises(ConfigError, match=field):
+        load_tasks({'tasks': [entry]})
+
+
+def test_duplicate_task_names_are_rejected():
+    with pytest.raises(ConfigError, match='fm-16'):
+        load_tasks({'tasks': [_fm(), _fm()]})
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('tasks: [\n')
+    with pytest.raises(ConfigError, match='bad.yaml: not valid YAML'):
+        load_config(bad)
+    bad.write_text('tasks:\n  - preset: fm-16\n    batch_size: -1\n')
+    with pytest.raises(ConfigError, match="bad.yaml: .*'batch_size'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match='missing.yaml'):
+        load_config(tmp_path / 'missing.yaml')
