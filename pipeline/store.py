@@ -3,7 +3,7 @@
     STORE/
       zarr.json                 root group, attrs: format, version, tasks (names of the task groups)
       manifest.parquet          one row per trajectory (see pipeline.manifest)
-      <task>/                   attrs: spec, layout [(name, shape)], metrics, codec
+      <task>/                   attrs: spec, layout [(name, shape)], metrics, params_codec
         params                  (n_traj, n_states, n_params) float16, chunks (1, chunk_states, n_params)
         metrics                 (n_traj, n_states, n_metrics) float32, chunks (1, n_states, n_metrics)
         steps                   (n_states,) int64: optimizer step of each state
@@ -22,7 +22,9 @@ from typing import Any
 import fsspec
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+from .codecs import TimeDeltaCodec
 
 from .manifest import Manifest
 from .tasks import TaskSpec
@@ -30,8 +32,20 @@ from .tasks import TaskSpec
 FORMAT = 'nino-trajectories'
 VERSION = 1
 CHUNK_BYTES = 4 << 20  # target size of one params chunk before compression
-#: Chosen by measurement (docs/benchmarks.md, benchmarks/collect.py): best ratio at full speed.
-PARAMS_CODEC = dict(cname='zstd', clevel=3, shuffle='bitshuffle')
+
+#: Candidate params codecs: name -> (filters, compressors); every chain ends with a CRC32C.
+PARAMS_CODECS: dict[str, tuple[list, list]] = {
+    'zstd': ([], [ZstdCodec(level=3), Crc32cCodec()]),
+    'blosc-zstd-shuffle': ([], [BloscCodec(cname='zstd', clevel=3, shuffle='shuffle'), Crc32cCodec()]),
+    'blosc-zstd-bitshuffle': ([], [BloscCodec(cname='zstd', clevel=3, shuffle='bitshuffle'), Crc32cCodec()]),
+    'delta-blosc-zstd-shuffle': ([TimeDeltaCodec(axis=1)],
+                                 [BloscCodec(cname='zstd', clevel=3, shuffle='shuffle'), Crc32cCodec()]),
+    'delta-blosc-lz4-shuffle': ([TimeDeltaCodec(axis=1)],
+                                [BloscCodec(cname='lz4', clevel=5, shuffle='shuffle'), Crc32cCodec()]),
+}
+#: Chosen by measurement (benchmarks/collect.py, docs/benchmarks.md): the smallest store at a
+#: write speed far above what training produces.
+DEFAULT_PARAMS_CODEC = 'delta-blosc-zstd-shuffle'
 #: Dataset location fields: machine-specific, so not compared when a store is reopened.
 _LOCATION_FIELDS = ('root', 'path')
 
@@ -119,7 +133,7 @@ class TrajectoryStore:
         return TaskGroup(self.root[name])
 
     def ensure_group(self, spec: TaskSpec, layout: list[tuple[str, tuple[int, ...]]],
-                     metric_names: list[str]) -> TaskGroup:
+                     metric_names: list[str], codec: str = DEFAULT_PARAMS_CODEC) -> TaskGroup:
         """The task's group, created on first use; a different existing spec is an error."""
         if spec.name in self.task_names():
             group = self.group(spec.name)
@@ -132,13 +146,16 @@ class TrajectoryStore:
             return group
         n_params = sum(int(np.prod(s)) for _, s in layout)
         n_states = spec.num_states
+        if codec not in PARAMS_CODECS:
+            raise StoreError(f'unknown params codec {codec!r} (known: {sorted(PARAMS_CODECS)})')
+        filters, compressors = PARAMS_CODECS[codec]
         g = self.root.create_group(spec.name)
         self.root.attrs['tasks'] = self.task_names() + [spec.name]
         g.attrs.update({'spec': spec.to_dict(), 'layout': [[n, list(s)] for n, s in layout],
-                        'metrics': list(metric_names), 'codec': {'params': PARAMS_CODEC}})
+                        'metrics': list(metric_names), 'params_codec': codec})
         g.create_array('params', shape=(spec.trajectories, n_states, n_params), dtype='float16',
                        chunks=(1, chunk_states(n_states, n_params), n_params),
-                       compressors=[BloscCodec(**PARAMS_CODEC), Crc32cCodec()], fill_value=np.nan)
+                       filters=filters, compressors=compressors, fill_value=np.nan)
         g.create_array('metrics', shape=(spec.trajectories, n_states, len(metric_names)), dtype='float32',
                        chunks=(1, n_states, len(metric_names)), compressors=[Crc32cCodec()], fill_value=np.nan)
         steps = g.create_array('steps', shape=(n_states,), dtype='int64', chunks=(n_states,))
