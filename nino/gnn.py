@@ -54,14 +54,14 @@ class EdgeModulatedConv(nn.Module):
     def forward(self, h: Tensor, edge_index: Tensor, e: Tensor, chunk_size: int | None = None) -> Tensor:
         src, dst = edge_index
         w_dst, w_src = self.message.weight[:, :self.dim], self.message.weight[:, self.dim:]
-        a = F.linear(h, w_dst, self.message.bias)
-        b = F.linear(h, w_src)
-        agg = h.new_zeros(h.shape[0], self.dim)
+        a = F.linear(h, w_dst, self.message.bias).float()
+        b = F.linear(h, w_src).float()
+        agg = a.new_zeros(h.shape[0], self.dim)  # float32 even under autocast: the sum is precision-sensitive
         for s in edge_chunks(e.shape[0], chunk_size):
-            scale, shift = self.modulation(e[s]).chunk(2, dim=-1)
+            scale, shift = self.modulation(e[s]).float().chunk(2, dim=-1)
             agg = agg.index_add(0, dst[s], scale * (a[dst[s]] + b[src[s]]) + shift)
         degree = torch.bincount(dst, minlength=h.shape[0]).clamp_(min=1).to(agg)
-        agg = agg / degree.unsqueeze(1)
+        agg = (agg / degree.unsqueeze(1)).to(h.dtype)
         return self.out(self.update(torch.cat([h, agg], dim=-1)))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -19,23 +20,44 @@ def layer_sizes(params: Sequence[tuple[str, tuple[int, ...]]]) -> list[int]:
     return [int(torch.Size(shape).numel()) for _, shape in params]
 
 
-def scale_states(states: Tensor, params: Sequence[tuple[str, tuple[int, ...]]],
-                 eps: float = EPS) -> tuple[Tensor, Tensor]:
-    """Standardise states (P, c) per layer.
+def layer_stats(states: Tensor, params: Sequence[tuple[str, tuple[int, ...]]], float64: bool = False) -> Tensor:
+    """(L, 2) mean and unbiased std of each layer over all its values in all states.
 
-    Returns the scaled states and `stats` (L, 2) holding each layer's (mean, std), where std is
-    the unbiased standard deviation; scaled = (x - mean) / (std + eps).
+    With `float64`, statistics are computed by numpy in float64 (then cast): the result does not
+    depend on torch's thread count, which keeps data loading bit-identical across workers.
     """
     sizes = layer_sizes(params)
     if sum(sizes) != states.shape[0]:
         raise ValueError(f'states have {states.shape[0]} rows but the parameters have {sum(sizes)} values')
-    out = torch.empty_like(states)
     stats = states.new_empty(len(sizes), 2)
+    for i, w in enumerate(states.split(sizes)):
+        if float64:
+            a = w.detach().cpu().numpy().astype(np.float64)
+            stats[i, 0], stats[i, 1] = float(a.mean()), float(a.std(ddof=1))
+        else:
+            stats[i, 0], stats[i, 1] = w.mean(), w.std()
+    return stats
+
+
+def apply_scale(states: Tensor, params: Sequence[tuple[str, tuple[int, ...]]], stats: Tensor,
+                eps: float = EPS) -> Tensor:
+    """Standardise states (P, n) with given per-layer stats: (x - mean) / (std + eps)."""
+    sizes = layer_sizes(params)
+    out = torch.empty_like(states)
     for i, (w, o) in enumerate(zip(states.split(sizes), out.split(sizes))):
-        mean, std = w.mean(), w.std()
-        o.copy_((w - mean) / (std + eps))
-        stats[i, 0], stats[i, 1] = mean, std
-    return out, stats
+        o.copy_((w - stats[i, 0]) / (stats[i, 1] + eps))
+    return out
+
+
+def scale_states(states: Tensor, params: Sequence[tuple[str, tuple[int, ...]]],
+                 eps: float = EPS, float64: bool = False) -> tuple[Tensor, Tensor]:
+    """Standardise states (P, c) per layer with their own statistics.
+
+    Returns the scaled states and `stats` (L, 2) holding each layer's (mean, std), where std is
+    the unbiased standard deviation; scaled = (x - mean) / (std + eps).
+    """
+    stats = layer_stats(states, params, float64)
+    return apply_scale(states, params, stats, eps), stats
 
 
 def unscale_states(x: Tensor, params: Sequence[tuple[str, tuple[int, ...]]], stats: Tensor) -> Tensor:

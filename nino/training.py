@@ -1,0 +1,363 @@
+"""Meta-training of a nowcaster on windows streamed from a trajectory store.
+
+Read `train()` top to bottom: set up (or resume) model, optimizer, cosine schedule and AMP; then
+loop: next batch, forward under autocast, masked L1 against the future states, backward,
+clip, step; log; validate; checkpoint. Everything a restart needs is in each checkpoint
+(model, optimizer, scheduler, grad scaler, RNG state, data position, step, recovery state,
+config), written atomically; `resume='auto'` continues from the newest readable one, so a run
+killed at any point and restarted produces the same per-step losses as one never interrupted.
+
+A non-finite loss or gradient never reaches the weights: the update is skipped, the model and
+optimizer are rolled back to the last good state, the data stream moves on, the learning rate is
+lowered after every `nan_patience` such events, and after `max_nan_in_row` in a row training stops
+with an error saying where.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from pipeline.loader import WindowConfig, WindowStream, window_loader
+
+from .checkpoint import save_nowcaster
+from .model import NiNoConfig, Nowcaster, build_nowcaster
+
+CHECKPOINT_DIR = 'checkpoints'
+EXPORT_NAME = 'nowcaster.safetensors'
+CSV_FIELDS = ('step', 'batch', 'loss', 'lr', 'grad_norm', 'seconds', 'event')
+
+
+class TrainingDiverged(RuntimeError):
+    """Training hit too many non-finite losses or gradients in a row."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a meta-training run (saved in every checkpoint)."""
+
+    store: str
+    run_dir: str
+    tasks: list[str] | None = None
+    holdout: int = 0  # last trajectories of each task kept out of training, for validation
+    steps: int = 1000
+    lr: float = 3e-3
+    min_lr: float = 1e-6
+    weight_decay: float = 1e-2
+    grad_clip: float = 5.0
+    amp: str = 'none'  # none | bf16 | fp16 (fp16 on CUDA only, with a grad scaler)
+    device: str = 'cpu'
+    seed: int = 0
+    num_workers: int = 0
+    ckpt_every: int = 100
+    keep_last: int = 3
+    log_every: int = 10
+    val_every: int = 0  # 0: validate only at the end (when holdout > 0)
+    val_batches: int = 4
+    nan_patience: int = 3
+    nan_lr_factor: float = 0.5
+    max_nan_in_row: int = 10
+    model: dict[str, Any] = field(default_factory=dict)  # NiNoConfig fields
+    window: dict[str, Any] = field(default_factory=dict)  # WindowConfig fields
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f'unknown training config field(s) {unknown}; known: {sorted(known)}')
+        if d.get('amp', 'none') not in ('none', 'bf16', 'fp16'):
+            raise ValueError(f"training config field 'amp' must be none, bf16 or fp16, got {d['amp']!r}")
+        return cls(**d)
+
+    def nowcaster_config(self) -> NiNoConfig:
+        window = self.window_config()
+        base = dict(ctx=window.ctx, seq_len=window.seq_len, max_feat_size=window.max_feat_size, lpe=window.lpe)
+        return NiNoConfig.from_dict({**base, **self.model})
+
+    def window_config(self) -> WindowConfig:
+        return WindowConfig(**self.window)
+
+
+@dataclass
+class Recovery:
+    """Non-finite event bookkeeping (saved with checkpoints)."""
+
+    events: int = 0
+    in_row: int = 0
+    lr_scale: float = 1.0
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _unwrap(model: torch.nn.Module) -> Nowcaster:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return F.l1_loss(pred.float()[mask], target.float()[mask])
+
+
+def forward(model: torch.nn.Module, batch) -> torch.Tensor:
+    """All-horizon predictions (E, feat, seq_len) of a nowcaster for a batch."""
+    return model(batch.edge_attr, batch.edge_type, batch.edge_index, batch.pos, batch.pos_w)
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoints of a run, newest first (temporary files of interrupted writes excluded)."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    return sorted(folder.glob('step-*.pt'), reverse=True) if folder.is_dir() else []
+
+
+def load_latest_checkpoint(run_dir: str | Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The newest checkpoint that reads back completely, and what was skipped on the way."""
+    skipped = []
+    for path in list_checkpoints(run_dir):
+        try:
+            state = torch.load(path, map_location='cpu', weights_only=True)
+            if not {'model', 'optimizer', 'scheduler', 'step', 'position', 'config'} <= set(state):
+                raise ValueError('incomplete checkpoint')
+            return state, skipped
+        except Exception as err:  # a torn or foreign file: skip it, try the previous one
+            skipped.append(f'{path.name} ({type(err).__name__})')
+    return None, skipped
+
+
+def _write_atomic(obj: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f'.{path.name}.tmp')
+    with open(tmp, 'wb') as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _autocast(cfg: TrainConfig):
+    if cfg.amp == 'none':
+        return torch.autocast(device_type=torch.device(cfg.device).type, enabled=False)
+    dtype = torch.bfloat16 if cfg.amp == 'bf16' else torch.float16
+    return torch.autocast(device_type=torch.device(cfg.device).type, dtype=dtype)
+
+
+def _validation_batches(cfg: TrainConfig, stream: WindowStream) -> list:
+    held = {name: stream.trajectories[name][-cfg.holdout:] for name in stream.task_names} if cfg.holdout else {}
+    if not held:
+        return []
+    val = WindowStream(cfg.store, cfg.window_config(), tasks=stream.task_names, trajectories=held,
+                       seed=cfg.seed + 1_000_003)
+    return [val.batch(i) for i in range(cfg.val_batches)]
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, batches: list, cfg: TrainConfig) -> tuple[float, float]:
+    """(masked L1 of the model, masked L1 of "no change": the last input state repeated)."""
+    model.eval()
+    ctx = cfg.window_config().ctx
+    ours = base = 0.0
+    for batch in batches:
+        batch = batch.to(cfg.device)
+        with _autocast(cfg):
+            pred = forward(model, batch)
+        last = batch.edge_attr.view(pred.shape[0], pred.shape[1], ctx)[:, :, -1:].expand_as(pred)
+        ours += masked_l1(pred, batch.y, batch.y_mask).item()
+        base += masked_l1(last, batch.y, batch.y_mask).item()
+    model.train()
+    return ours / len(batches), base / len(batches)
+
+
+def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) meta-training; returns a summary (final step, losses, validation)."""
+    rank, world = _rank_world()
+    run_dir = Path(cfg.run_dir)
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    if rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- resume: the newest complete checkpoint, if asked and present
+    state, skipped = (None, [])
+    if resume == 'auto':
+        state, skipped = load_latest_checkpoint(run_dir)
+    elif resume:
+        state = torch.load(resume, map_location='cpu', weights_only=True)
+    if state is not None:
+        saved = TrainConfig.from_dict(state['config'])
+        diff = sorted(f.name for f in fields(TrainConfig)
+                      if f.name not in ('steps', 'num_workers', 'device', 'run_dir')
+                      and getattr(saved, f.name) != getattr(cfg, f.name))
+        if diff:
+            raise ValueError(f'{run_dir}: resuming a run whose config differs in {diff}; '
+                             f'use another --run-dir or the same config')
+
+    # ---- model, optimizer, schedule, AMP
+    torch.manual_seed(cfg.seed)
+    model: torch.nn.Module = build_nowcaster(cfg.nowcaster_config()).to(cfg.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps, eta_min=cfg.min_lr)
+    scaler = torch.amp.GradScaler('cuda') if cfg.amp == 'fp16' else None
+    if cfg.amp == 'fp16' and torch.device(cfg.device).type != 'cuda':
+        raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' on CPU")
+    step, position, recovery = 0, 0, Recovery()
+    if state is not None:
+        model.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        scheduler.load_state_dict(state['scheduler'])
+        if scaler is not None and state.get('scaler'):
+            scaler.load_state_dict(state['scaler'])
+        torch.set_rng_state(state['rng'])
+        step, position, recovery = state['step'], state['position'], Recovery(**state['recovery'])
+    if world > 1:
+        model = DistributedDataParallel(model)
+
+    # ---- data: the stream resumes at the saved batch position
+    probe = WindowStream(cfg.store, cfg.window_config(), tasks=cfg.tasks, seed=cfg.seed)
+    train_trajs = {name: idx[:len(idx) - cfg.holdout] for name, idx in probe.trajectories.items()}
+    stream = WindowStream(cfg.store, cfg.window_config(), tasks=cfg.tasks, trajectories=train_trajs,
+                          seed=cfg.seed, start=position, shard=(rank, world))
+    val_batches = _validation_batches(cfg, probe)
+    batches = iter(window_loader(stream, cfg.num_workers))
+
+    # ---- logs: CSV rows past the resumed step belong to lost progress and are dropped
+    log_path = run_dir / 'log.csv'
+    writer = tb = None
+    if rank == 0:
+        rows = []
+        if state is not None and log_path.exists():
+            with open(log_path) as f:
+                rows = [r for r in csv.DictReader(f) if int(r['batch']) < position]
+        with open(log_path, 'w', newline='') as f:
+            w = csv.DictWriter(f, CSV_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+        writer = open(log_path, 'a', newline='')
+        from torch.utils.tensorboard import SummaryWriter
+        tb = SummaryWriter(str(run_dir / 'tensorboard'), purge_step=step if state is not None else None)
+        for s in skipped:
+            print(f'resume: skipped unreadable checkpoint {s}')
+        if state is not None:
+            print(f'resume: continuing from step {step} (batch {position})')
+    csv_out = csv.DictWriter(writer, CSV_FIELDS) if writer else None
+
+    def log(row: dict[str, Any]) -> None:
+        if csv_out is not None:
+            csv_out.writerow(row)
+            writer.flush()
+
+    def checkpoint() -> None:
+        if rank != 0:
+            return
+        core = _unwrap(model)
+        _write_atomic({'model': core.state_dict(), 'optimizer': optimizer.state_dict(),
+                       'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict() if scaler else {},
+                       'rng': torch.get_rng_state(), 'step': step, 'position': position,
+                       'recovery': asdict(recovery), 'config': asdict(cfg)}, ckpt_dir / f'step-{step:08d}.pt')
+        for old in list_checkpoints(run_dir)[cfg.keep_last:]:
+            old.unlink()
+        save_nowcaster(core, run_dir / EXPORT_NAME, metadata={'train_step': str(step)})
+
+    def snapshot() -> dict[str, Any]:
+        return {'model': copy.deepcopy(_unwrap(model).state_dict()),
+                'optimizer': copy.deepcopy(optimizer.state_dict())}
+
+    last_good = snapshot()
+    losses: list[float] = []
+    val = (math.nan, math.nan)
+    start_time = time.time()
+    bar = tqdm(total=cfg.steps, initial=step, desc='meta-train', disable=not progress or rank != 0)
+    while step < cfg.steps:
+        batch = next(batches).to(cfg.device)
+        position += 1
+
+        with _autocast(cfg):
+            pred = forward(model, batch)
+            loss = masked_l1(pred, batch.y, batch.y_mask)
+        optimizer.zero_grad(set_to_none=True)
+        finite = torch.isfinite(loss)
+        if bool(finite):
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float('inf'))
+            finite = finite & (torch.isfinite(grad_norm) | torch.tensor(scaler is not None))
+        else:
+            grad_norm = torch.tensor(float('nan'))
+        if world > 1:  # every rank skips together
+            flag = finite.float().to(cfg.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = flag.bool()
+
+        if not bool(finite):
+            recovery.events += 1
+            recovery.in_row += 1
+            _unwrap(model).load_state_dict(last_good['model'])
+            optimizer.load_state_dict(last_good['optimizer'])
+            if recovery.events % cfg.nan_patience == 0:
+                recovery.lr_scale *= cfg.nan_lr_factor
+                scheduler.base_lrs = [lr * cfg.nan_lr_factor for lr in scheduler.base_lrs]
+                for group in optimizer.param_groups:
+                    group['lr'] *= cfg.nan_lr_factor
+            log(dict(step=step, batch=position - 1, loss=repr(loss.item()), lr=optimizer.param_groups[0]['lr'],
+                     grad_norm=repr(float(grad_norm)), seconds=round(time.time() - start_time, 3), event='nonfinite'))
+            if recovery.in_row >= cfg.max_nan_in_row:
+                raise TrainingDiverged(
+                    f'{recovery.in_row} non-finite losses/gradients in a row at step {step} (batch {position - 1}); '
+                    f'the last good checkpoint is in {ckpt_dir}')
+            continue
+
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        step += 1
+        recovery.in_row = 0
+        if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            last_good = snapshot()
+        losses.append(loss.item())
+        bar.update(1)
+        lr = optimizer.param_groups[0]['lr']
+        log(dict(step=step, batch=position - 1, loss=repr(loss.item()), lr=lr, grad_norm=repr(float(grad_norm)),
+                 seconds=round(time.time() - start_time, 3), event=''))
+        if tb is not None:
+            tb.add_scalar('train/loss', loss.item(), step)
+            tb.add_scalar('train/lr', lr, step)
+        if step % cfg.log_every == 0:
+            bar.set_postfix(loss=f'{sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:]):.4f}', lr=f'{lr:.2e}')
+        if val_batches and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps):
+            val = validate(model, val_batches, cfg)
+            if tb is not None:
+                tb.add_scalar('val/l1', val[0], step)
+                tb.add_scalar('val/l1_no_change', val[1], step)
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            checkpoint()
+    bar.close()
+    if writer:
+        writer.close()
+    if tb is not None:
+        tb.close()
+    summary = dict(step=step, position=position, losses=losses, val_l1=val[0], val_l1_no_change=val[1],
+                   nonfinite_events=recovery.events, lr_scale=recovery.lr_scale)
+    if rank == 0 and val_batches:
+        print(f'validation L1 {val[0]:.5f} vs no-change {val[1]:.5f} ({val[0] / val[1]:.3f}x)')
+    return summary
