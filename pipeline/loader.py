@@ -8,7 +8,8 @@ per-layer statistics, turned into edge features (inputs), edge targets and a mas
 past the trajectory's end, feature padding and auxiliary edges are masked), and the Laplacian
 encoding's signs are flipped at random (once per trajectory read) as augmentation. For GPT-2
 tasks, `wte_size` rows of the word embedding are sampled and each row's token index is kept as
-the node's `pos_w`. Each window's `window` attribute is (task index, trajectory, first state).
+the node's `pos_w`. Each window's `window` attribute is (task index, trajectory, start state, shift): its inputs
+are states `start + (shift + i) * stride` for i < ctx.
 
 Batch b is drawn from a generator seeded by (seed, b) alone, so the stream is the same for any
 number of DataLoader workers and can resume at any position. Every worker process opens its
@@ -175,7 +176,7 @@ class WindowStream(IterableDataset):
                             edge_attr=self._edges(task.graph, x, c.ctx).flatten(1),
                             y=self._edges(task.graph, y, c.seq_len), y_mask=y_mask, pos=lpe, pos_w=pos_w,
                             num_nodes=task.graph.num_nodes,
-                            window=torch.tensor([[task_index, traj, int(ind[shift])]])))
+                            window=torch.tensor([[task_index, traj, start, shift]])))
         return out
 
     def _edges(self, graph: NeuralGraph, values: Tensor, width: int) -> Tensor:

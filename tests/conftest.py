@@ -41,3 +41,40 @@ def official_dir() -> Path:
 def fashion_mnist():
     from pipeline.data import load_idx_dataset
     return load_idx_dataset(require(FASHION / 'images-idx3-ubyte.gz'), require(FASHION / 'labels-idx1-ubyte.gz'))
+
+
+FM_ROOT = SHARED / 'data' / 'fashion-mnist-t10k-4443'
+TEXT = SHARED / 'data' / 'tinyshakespeare' / 'input.txt'
+
+
+def write_store(path: Path, entries: list[dict]) -> Path:
+    """A trajectory store recorded in-process (no Ray): for loader and training tests."""
+    from nino.graph import param_shapes
+    from pipeline.record import METRICS, record_trajectory
+    from pipeline.store import TrajectoryStore
+    from pipeline.tasks import build_model, load_tasks
+    store = TrajectoryStore(path)
+    manifest = store.manifest()
+    for spec in load_tasks({'tasks': entries}):
+        group = store.ensure_group(spec, param_shapes(build_model(spec.arch)), list(METRICS))
+        for i in range(spec.trajectories):
+            traj = record_trajectory(spec, i, sink=lambda s, b, i=i: group.write_states(i, s, b),
+                                     chunk_states=group.chunk_states)
+            group.write_metrics(i, traj.metrics)
+            manifest.upsert(dict(task=spec.name, index=i, status='done', seed=traj.seed, lr=traj.lr,
+                                 checksum=traj.checksum))
+    return path
+
+
+def fm16_entry(**over) -> dict:
+    return {'preset': 'fm-16', 'dataset': {'root': str(FM_ROOT), 'val_size': 443}, 'batch_size': 64,
+            'eval_every': 40, **over}
+
+
+@pytest.fixture(scope='session')
+def small_store(tmp_path_factory) -> Path:
+    """FM-16 (4 trajectories, 41 states 4 steps apart) and a byte GPT-2 (2 trajectories, 41 states)."""
+    return write_store(tmp_path_factory.mktemp('stores') / 'small', [
+        fm16_entry(steps=160, trajectories=4, lr=[0.003, 0.01]),
+        {'preset': 'lm-3-24', 'dataset': {'path': str(TEXT), 'context': 32}, 'steps': 160, 'record_every': 4,
+         'eval_every': 80, 'batch_size': 8, 'trajectories': 2}])

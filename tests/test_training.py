@@ -1,0 +1,154 @@
+"""Meta-training: exact resume after SIGKILL and torn checkpoints, NaN recovery, learning, DDP, AMP."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from nino import NiNo, load_nowcaster
+from nino.training import TrainConfig, TrainingDiverged, list_checkpoints, train
+from pipeline.store import TrajectoryStore
+from pipeline.tasks import ConvNet
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(model=dict(hid=32, layers=2), window=dict(step=8, seq_len=10, samples_per_traj=2, batch_size=2))
+
+
+def _cfg(store, run_dir, **over) -> TrainConfig:
+    return TrainConfig.from_dict({**TINY, 'store': str(store), 'run_dir': str(run_dir), 'tasks': ['fm-16'],
+                                  'ckpt_every': 10, 'log_every': 5, **over})
+
+
+def _losses(run_dir: Path) -> list[tuple[str, str, str]]:
+    with open(run_dir / 'log.csv') as f:
+        return [(r['step'], r['batch'], r['loss']) for r in csv.DictReader(f)]
+
+
+def _cmd(config: Path, store: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, '-m', 'jobs.train', '--config', str(config), '--store', str(store), '--tasks', 'fm-16',
+            '--run-dir', str(run_dir), '--no-progress', *extra]
+
+
+def test_sigkill_and_torn_checkpoint_resume_bit_for_bit(small_store, tmp_path):
+    config = tmp_path / 'train.yaml'
+    config.write_text(yaml.safe_dump({**TINY, 'steps': 120, 'ckpt_every': 10, 'keep_last': 3}))
+    full, broken = tmp_path / 'full', tmp_path / 'broken'
+    subprocess.run(_cmd(config, small_store, full), cwd=ROOT, check=True, capture_output=True)
+
+    proc = subprocess.Popen(_cmd(config, small_store, broken), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (broken / 'log.csv').exists() and len(_losses(broken)) >= 45:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(_losses(broken))
+    assert 45 <= done_at_kill < 120
+    # what a kill during a checkpoint write can leave: a partial temp file, or (on a filesystem
+    # without atomic rename) a truncated newest checkpoint
+    newest = list_checkpoints(broken)[0]
+    (newest.parent / f'.step-{int(newest.stem[5:]) + 10:08d}.pt.tmp').write_bytes(newest.read_bytes()[:999])
+    newest.write_bytes(newest.read_bytes()[:len(newest.read_bytes()) // 2])
+
+    out = subprocess.run(_cmd(config, small_store, broken, '--resume', 'auto'), cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    assert f'skipped unreadable checkpoint {newest.name}' in out
+    assert _losses(broken) == _losses(full)
+    assert len(_losses(full)) == 120
+    a = load_nowcaster(full / 'nowcaster.safetensors').state_dict()
+    b = load_nowcaster(broken / 'nowcaster.safetensors').state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _poisoned_copy(small_store: Path, tmp_path: Path, trajectories: list[int]) -> Path:
+    store = tmp_path / 'poisoned'
+    shutil.copytree(small_store, store)
+    group = TrajectoryStore(store).group('fm-16')
+    for i in trajectories:
+        block = group.read_params(i, slice(20, 21))
+        block[0, :100] = np.nan
+        group.write_states(i, 20, block)
+    return store
+
+
+def test_nan_batches_are_skipped_and_training_finishes(small_store, tmp_path):
+    store = _poisoned_copy(small_store, tmp_path, [0])
+    summary = train(_cfg(store, tmp_path / 'run', steps=40, nan_patience=2), progress=False)
+    assert summary['step'] == 40 and summary['nonfinite_events'] >= 2
+    assert summary['lr_scale'] == 0.5 ** (summary['nonfinite_events'] // 2)
+    assert np.isfinite(summary['losses']).all()
+    model = load_nowcaster(tmp_path / 'run' / 'nowcaster.safetensors')
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with open(tmp_path / 'run' / 'log.csv') as f:
+        events = [r for r in csv.DictReader(f) if r['event'] == 'nonfinite']
+    assert len(events) == summary['nonfinite_events']
+
+
+def test_only_nan_batches_stop_with_a_clear_error(small_store, tmp_path):
+    store = _poisoned_copy(small_store, tmp_path, [0, 1, 2, 3])
+    cfg = _cfg(store, tmp_path / 'run', steps=40, max_nan_in_row=3,
+               window=dict(TINY['window'], step=4, seq_len=40, samples_per_traj=1))
+    with pytest.raises(TrainingDiverged, match='3 non-finite losses/gradients in a row at step 0'):
+        train(cfg, progress=False)
+
+
+def test_learns_better_than_no_change_and_loads_into_nino(small_store, tmp_path, fashion_mnist):
+    run = tmp_path / 'run'
+    summary = train(_cfg(small_store, run, steps=150, holdout=1, lr=3e-3, val_batches=8), progress=False)
+    assert summary['val_l1'] < summary['val_l1_no_change']
+
+    torch.manual_seed(0)
+    net = ConvNet()
+    opt = NiNo(torch.optim.AdamW(net.parameters(), lr=6e-3), net, ckpt=run / 'nowcaster.safetensors',
+               period=10, max_train_steps=20)
+    x, y = fashion_mnist
+    for step in range(20):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(x[step * 32:(step + 1) * 32]), y[step * 32:(step + 1) * 32])
+        if opt.need_grads:
+            loss.backward()
+        opt.step()
+    assert opt.num_nowcasts == 2 and opt.k_schedule.tolist() == [10, 1]
+
+
+def test_resume_with_another_config_names_the_fields(small_store, tmp_path):
+    train(_cfg(small_store, tmp_path / 'run', steps=10), progress=False)
+    with pytest.raises(ValueError, match=r"differs in \['lr'\]"):
+        train(_cfg(small_store, tmp_path / 'run', steps=20, lr=1e-2), resume='auto', progress=False)
+
+
+def test_bf16_autocast_on_cpu(small_store, tmp_path):
+    summary = train(_cfg(small_store, tmp_path / 'run', steps=5, amp='bf16'), progress=False)
+    fp32 = train(_cfg(small_store, tmp_path / 'run32', steps=5), progress=False)
+    assert np.isfinite(summary['losses']).all()
+    assert summary['losses'] != fp32['losses']
+    assert np.allclose(summary['losses'], fp32['losses'], rtol=0.1)
+
+
+def test_ddp_two_processes_with_gloo(small_store, tmp_path):
+    config = tmp_path / 'train.yaml'
+    config.write_text(yaml.safe_dump({**TINY, 'steps': 4}))
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    out = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                          '-m', 'jobs.train', '--config', str(config), '--store', str(small_store), '--tasks',
+                          'fm-16', '--run-dir', str(tmp_path / 'ddp'), '--no-progress'],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count('done: step 4') == 2
+    assert [r[0] for r in _losses(tmp_path / 'ddp')] == ['1', '2', '3', '4']
+    single = train(_cfg(small_store, tmp_path / 'one', steps=4), progress=False)
+    assert [float(r[2]) for r in _losses(tmp_path / 'ddp')] != single['losses']  # rank 0 saw other batches
+    load_nowcaster(tmp_path / 'ddp' / 'nowcaster.safetensors')
