@@ -1,0 +1,160 @@
+"""Evaluate nowcasters against Adam: `python -m jobs.evaluate --config jobs/configs/eval-*.yaml
+--nino CKPT[,CKPT...] --seeds 5 --out results/NAME [--tasks a,b] [--address ADDR]`.
+
+For every (task, seed, method) one Ray task trains the task from that seed: with the base
+optimizer alone ('adam'), with each nowcaster checkpoint (named after its file), and with the
+linear-extrapolation baseline ('linear'); same initial weights and batches for all methods.
+Each finished run is saved under OUT/runs/ and skipped by a rerun. Outputs in OUT: curves.json,
+curves.csv, summary.md (the speedup table), speedups.csv, curves_<task>.png, speedup.png.
+
+The config lists tasks (task-spec entries, as in collection configs) with a `target` value per
+task and an optional `period` (steps between nowcasts, default 1000), e.g.
+
+    seeds: 3
+    tasks:
+      - preset: fm-16
+        dataset: {root: ../shared/data/fashion-mnist-t10k-4443, val_size: 443}
+        steps: 4000
+        eval_every: 100
+        period: 1000
+        target: {metric: val_acc, value: 0.80}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from tqdm import tqdm
+
+from nino.evaluation import BASE, LINEAR, Curve, load_curve, method_nowcaster, metric_of, run_curve, speedups
+from pipeline.tasks import ConfigError, TaskSpec, expand_task
+
+from .report import plot_curves, plot_speedups, write_curves, write_table
+
+
+def load_eval_config(path: str | Path) -> tuple[dict[str, Any], list[tuple[TaskSpec, int, float]]]:
+    """(config, [(spec, period, target)]) with dataset paths made absolute."""
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f'{path}: config file not found') from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f'{path}: not valid YAML: {err}') from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get('tasks'), list):
+        raise ConfigError(f"{path}: field 'tasks' must be a list")
+    pairs = []
+    for i, entry in enumerate(cfg['tasks']):
+        entry = dict(entry) if isinstance(entry, dict) else entry
+        period = entry.pop('period', 1000) if isinstance(entry, dict) else 1000
+        try:
+            pairs += [(spec, period) for spec in expand_task(entry, i)]
+        except ConfigError as err:
+            raise ConfigError(f'{path}: {err}') from None
+    out = []
+    for spec, period in pairs:
+        target = spec.target.get('value')
+        if not isinstance(target, (int, float)):
+            raise ConfigError(f"{path}: task '{spec.name}': field 'target' needs a numeric 'value'")
+        dataset = dict(spec.dataset)
+        for key in ('root', 'path'):
+            if key in dataset:
+                dataset[key] = str(Path(dataset[key]).expanduser().resolve())
+        spec = TaskSpec.from_dict({**spec.to_dict(), 'dataset': dataset})
+        out.append((spec, int(period), float(target)))
+    return cfg, out
+
+
+def _run(spec_dict: dict, seed: int, method: str, ckpt: str | None, period: int) -> dict:
+    spec = TaskSpec.from_dict(spec_dict)
+    nowcaster = method_nowcaster(method, ckpt)
+    return run_curve(spec, seed, method, nowcaster, period).to_dict()
+
+
+_run_remote = ray.remote(num_cpus=1, max_retries=2)(_run)
+
+
+def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | None = None,
+             tasks: list[str] | None = None, address: str | None = None, baselines: bool = True,
+             progress: bool = True) -> tuple[list[Curve], str]:
+    """Run (or finish) the evaluation grid; write outputs; return the curves and the table."""
+    cfg, task_list = load_eval_config(config)
+    if tasks:
+        known = [s.name for s, _, _ in task_list]
+        missing = sorted(set(tasks) - set(known))
+        if missing:
+            raise ConfigError(f'{config}: tasks {missing} are not in the config (have {known})')
+        task_list = [t for t in task_list if t[0].name in tasks]
+    seeds = seeds or int(cfg.get('seeds', 3))
+    methods: dict[str, str | None] = {BASE: None}
+    for ckpt in nino:
+        name = Path(ckpt).name.split('.')[0]
+        if name in methods:
+            raise ConfigError(f'two nowcasters named {name!r}: rename one of the files')
+        if not Path(ckpt).is_file():
+            raise ConfigError(f'nowcaster checkpoint not found: {ckpt}')
+        methods[name] = str(Path(ckpt).resolve())
+    if baselines:
+        methods[LINEAR] = None
+
+    out = Path(out)
+    runs = out / 'runs'
+    runs.mkdir(parents=True, exist_ok=True)
+    grid = [(spec, period, seed, m) for spec, period, _ in task_list for seed in range(seeds) for m in methods]
+    todo = [g for g in grid if not (runs / f'{g[0].name}-s{g[2]}-{g[3]}.json').exists()]
+    if todo:
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, logging_level='WARNING')
+        pending = {_run_remote.remote(spec.to_dict(), 1000 + seed, m, methods[m], period): (spec, seed, m)
+                   for spec, period, seed, m in todo}
+        with tqdm(total=len(grid), initial=len(grid) - len(todo), desc='evaluation runs', disable=not progress) as bar:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                spec, seed, m = pending.pop(ready[0])
+                curve = ray.get(ready[0])
+                tmp = runs / f'.{spec.name}-s{seed}-{m}.json.tmp'
+                tmp.write_text(json.dumps(curve))
+                os.replace(tmp, runs / f'{spec.name}-s{seed}-{m}.json')
+                bar.update(1)
+    curves = [load_curve(runs / f'{spec.name}-s{seed}-{m}.json') for spec, _, seed, m in grid]
+    targets = {spec.name: target for spec, _, target in task_list}
+    metrics = {spec.name: metric_of(spec) for spec, _, _ in task_list}
+    rows = speedups(curves, targets)
+    write_curves(curves, out)
+    table = write_table(rows, targets, metrics, out)
+    plot_curves(curves, targets, out)
+    plot_speedups(rows, out)
+    return curves, table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m jobs.evaluate', description=__doc__.split('\n\n')[0])
+    parser.add_argument('--config', required=True, help='evaluation config (tasks with targets)')
+    parser.add_argument('--nino', default='', help='comma-separated nowcaster checkpoints')
+    parser.add_argument('--tasks', default=None, help='comma-separated task names from the config')
+    parser.add_argument('--seeds', type=int, default=None)
+    parser.add_argument('--out', required=True, help='output folder')
+    parser.add_argument('--address', default=None, help='Ray cluster address (default: local)')
+    parser.add_argument('--no-baselines', action='store_true', help='skip the linear-extrapolation baseline')
+    args = parser.parse_args(argv)
+    try:
+        _, table = evaluate(args.config, args.out, [c for c in args.nino.split(',') if c], args.seeds,
+                            args.tasks.split(',') if args.tasks else None,
+                            args.address or os.environ.get('RAY_ADDRESS'), not args.no_baselines)
+    except ConfigError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    print(table)
+    print(f'\noutputs in {args.out}: summary.md, curves.csv, curves.json, speedups.csv, curves_*.png, speedup.png')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Evaluation outputs a person reads: curves CSV/JSON, the speedup table, and PNG plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from nino.evaluation import BASE, Curve, SpeedupRow, markdown_table
+
+
+def write_curves(curves: list[Curve], out: Path) -> None:
+    """`curves.json` (every curve) and `curves.csv` (one row per evaluation point)."""
+    (out / 'curves.json').write_text(json.dumps([c.to_dict() for c in curves], indent=1))
+    with open(out / 'curves.csv', 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['task', 'seed', 'method', 'step', 'metric', 'value', 'nowcast_before'])
+        for c in curves:
+            for s, v in zip(c.steps, c.values):
+                w.writerow([c.task, c.seed, c.method, s, c.metric, repr(v), sum(n <= s for n in c.nowcast_steps)])
+
+
+def write_table(rows: list[SpeedupRow], targets: dict[str, float], metrics: dict[str, str], out: Path) -> str:
+    table = markdown_table(rows, targets, metrics)
+    (out / 'summary.md').write_text(table + '\n')
+    with open(out / 'speedups.csv', 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['task', 'method', 'seeds', 'reached', 'steps_mean', 'speedup_mean', 'speedup_std', 'compared'])
+        for r in rows:
+            w.writerow([r.task, r.method, r.seeds, r.reached, r.steps_mean, r.speedup_mean, r.speedup_std,
+                        r.compared])
+    return table
+
+
+def plot_curves(curves: list[Curve], targets: dict[str, float], out: Path) -> list[Path]:
+    """One PNG per task: mean validation curve per method (band: min-max over seeds), nowcasts marked."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for task in sorted({c.task for c in curves}):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        task_curves = [c for c in curves if c.task == task]
+        methods = [BASE] + sorted({c.method for c in task_curves} - {BASE})
+        for i, method in enumerate(methods):
+            cs = [c for c in task_curves if c.method == method]
+            if not cs:
+                continue
+            steps = np.array(cs[0].steps)
+            values = np.array([c.values for c in cs if len(c.values) == len(steps)])
+            color = f'C{i}'
+            base = method == BASE  # drawn on top: every method follows it exactly until its first nowcast
+            ax.plot(steps, values.mean(0), color=color, label=f'{method} ({len(values)} seeds)',
+                    lw=2.2 if base else 1.4, zorder=3 if base else 2)
+            ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.15)
+            for s in cs[0].nowcast_steps:
+                ax.axvline(s, color=color, alpha=0.35, lw=0.8, ls=':')
+        ax.axhline(targets[task], color='k', lw=0.8, ls='--', label='target')
+        ax.set_xlabel('training step (dotted: nowcasts)')
+        ax.set_ylabel(task_curves[0].metric)
+        if task_curves[0].metric == 'val_ppl':
+            ax.set_yscale('log')
+        ax.set_title(task)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f'curves_{task}.png'
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_speedups(rows: list[SpeedupRow], out: Path) -> Path:
+    """Bar chart of mean speedup over Adam (error bar: std over seeds) per task and method."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r.task for r in rows})
+    methods = [m for m in dict.fromkeys(r.method for r in rows) if m != BASE]
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(tasks) * max(1, len(methods)) / 2), 4))
+    width = 0.8 / max(1, len(methods))
+    for j, method in enumerate(methods):
+        means = [next((r.speedup_mean for r in rows if r.task == t and r.method == method), math.nan) for t in tasks]
+        stds = [next((r.speedup_std for r in rows if r.task == t and r.method == method), math.nan) for t in tasks]
+        xs = np.arange(len(tasks)) + (j - (len(methods) - 1) / 2) * width
+        ax.bar(xs, np.nan_to_num(means), width, yerr=np.nan_to_num(stds), label=method, color=f'C{j + 1}')
+    ax.axhline(1.0, color='k', lw=0.8, ls='--')
+    ax.set_xticks(np.arange(len(tasks)), tasks)
+    ax.set_ylabel('speedup over Adam (steps to target)')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / 'speedup.png'
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

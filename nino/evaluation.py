@@ -1,0 +1,184 @@
+"""Evaluating nowcasters: training curves with and without them, steps to target, speedups.
+
+`run_curve` trains one task from one seed with a method (the base optimizer alone, a nowcaster
+checkpoint, or a baseline) and records the validation metric at every evaluation point. All
+methods of a (task, seed) start from the same initial weights and see the same batches in the
+same order (each curve carries checksums of both, so this can be checked). `steps_to_target`
+and `speedups` do the arithmetic: speedup = steps(base) / steps(method), mean and std over the
+seeds where both reached the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.data import load_dataset
+from pipeline.record import evaluate, make_optimizer, torch_threads
+from pipeline.tasks import TaskSpec, build_model
+
+from .baselines import LinearExtrapolation
+from .checkpoint import load_nowcaster
+from .model import Nowcaster
+from .optimizer import NiNo
+
+BASE = 'adam'
+LINEAR = 'linear'
+
+
+@dataclass
+class Curve:
+    """One training run's validation curve."""
+
+    task: str
+    seed: int
+    method: str
+    metric: str  # 'val_acc' (higher is better) or 'val_ppl' (lower is better)
+    steps: list[int]
+    values: list[float]
+    nowcast_steps: list[int] = field(default_factory=list)
+    init_checksum: str = ''
+    batch_checksum: str = ''
+    wall_time: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def method_nowcaster(method: str, ckpt: str | None, seq_len: int = 40) -> Nowcaster | None:
+    """The nowcaster a method uses: None for the base optimizer, a baseline, or a checkpoint."""
+    if method == BASE:
+        return None
+    if method == LINEAR:
+        return LinearExtrapolation(seq_len=seq_len)
+    if ckpt is None:
+        raise ValueError(f'method {method!r} needs a checkpoint path')
+    return load_nowcaster(ckpt)
+
+
+def metric_of(spec: TaskSpec) -> str:
+    return 'val_ppl' if spec.arch['type'] == 'gpt2' else 'val_acc'
+
+
+def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | None, period: int,
+              lr: float | None = None) -> Curve:
+    """Train `spec` from `seed` for `spec.steps` steps with the method; evaluate every `eval_every`."""
+    start = time.time()
+    data = load_dataset(spec.dataset)
+    metric = metric_of(spec)
+    lr = spec.lr[0] if lr is None else lr
+    with torch_threads(spec.threads):
+        torch.manual_seed(seed)
+        model = build_model(spec.arch).train()
+        init = hashlib.sha256(torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().tobytes())
+        base = make_optimizer(spec.optimizer, model.parameters(), lr, spec.weight_decay)
+        opt = NiNo(base, model, ckpt=nowcaster, period=period, max_train_steps=spec.steps)
+        gen = torch.Generator().manual_seed(seed)
+        batches = hashlib.sha256()
+        curve = Curve(spec.name, seed, method, metric, [], [], init_checksum=init.hexdigest())
+
+        def record(step: int) -> None:
+            loss, acc = evaluate(model, data, spec.batch_size)
+            curve.steps.append(step)
+            curve.values.append(math.exp(min(loss, 50.0)) if metric == 'val_ppl' else acc)
+
+        record(0)
+        for step in range(1, spec.steps + 1):
+            x, y = data.train_batch(spec.batch_size, gen)
+            batches.update(y.numpy().tobytes())
+            nowcasts = opt.num_nowcasts
+            if opt.need_grads:
+                out = model(x)
+                logits = out.logits if hasattr(out, 'logits') else out
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+                opt.zero_grad()
+                loss.backward()
+            opt.step()
+            if opt.num_nowcasts > nowcasts:
+                curve.nowcast_steps.append(step)
+            if step % spec.eval_every == 0 or step == spec.steps:
+                record(step)
+    curve.batch_checksum = batches.hexdigest()
+    curve.wall_time = time.time() - start
+    return curve
+
+
+def steps_to_target(steps: list[int], values: list[float], target: float, higher_is_better: bool) -> float:
+    """First evaluated step whose value reaches the target; NaN if it never does."""
+    for s, v in zip(steps, values):
+        if (v >= target) if higher_is_better else (v <= target):
+            return float(s)
+    return math.nan
+
+
+@dataclass
+class SpeedupRow:
+    task: str
+    method: str
+    seeds: int
+    reached: int  # seeds where the method reached the target
+    steps_mean: float  # over the seeds where it reached it
+    speedup_mean: float  # over the seeds where both it and the base reached it
+    speedup_std: float
+    compared: int  # seeds in the speedup statistics
+
+
+def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -> list[SpeedupRow]:
+    """Per (task, method): how often and how fast the target is reached, and the speedup over `base`."""
+    by_key = {(c.task, c.seed, c.method): c for c in curves}
+    rows = []
+    tasks = sorted({c.task for c in curves})
+    methods = [base] + sorted({c.method for c in curves} - {base})
+    for task in tasks:
+        target = targets[task]
+        seeds = sorted({c.seed for c in curves if c.task == task})
+        for method in methods:
+            reached, ratios = [], []
+            for seed in seeds:
+                c = by_key.get((task, seed, method))
+                if c is None:
+                    continue
+                higher = c.metric != 'val_ppl'
+                s = steps_to_target(c.steps, c.values, target, higher)
+                if not math.isnan(s):
+                    reached.append(s)
+                b = by_key.get((task, seed, base))
+                sb = steps_to_target(b.steps, b.values, target, higher) if b else math.nan
+                if not (math.isnan(s) or math.isnan(sb)):
+                    ratios.append(sb / max(s, 1.0))
+            n = sum((task, seed, method) in by_key for seed in seeds)
+            rows.append(SpeedupRow(task, method, n, len(reached),
+                                   float(np.mean(reached)) if reached else math.nan,
+                                   float(np.mean(ratios)) if ratios else math.nan,
+                                   float(np.std(ratios)) if ratios else math.nan, len(ratios)))
+    return rows
+
+
+def markdown_table(rows: list[SpeedupRow], targets: dict[str, float], metric_names: dict[str, str]) -> str:
+    """The speedup table a person reads."""
+    lines = ['| task | target | method | reached | steps to target | speedup vs Adam | fewer steps |',
+             '|---|---|---|---:|---:|---:|---:|']
+    for r in rows:
+        name = metric_names.get(r.task, 'val_acc')
+        sign = '>=' if name != 'val_ppl' else '<='
+        steps = '-' if math.isnan(r.steps_mean) else f'{r.steps_mean:.0f}'
+        if math.isnan(r.speedup_mean):
+            speed, fewer = '-', '-'
+        else:
+            speed = f'{r.speedup_mean:.2f}x ± {r.speedup_std:.2f}'
+            fewer = f'{100 * (1 - 1 / r.speedup_mean):.0f}%'
+        lines.append(f'| {r.task} | {name} {sign} {targets[r.task]:g} | {r.method} | {r.reached}/{r.seeds} '
+                     f'| {steps} | {speed} | {fewer} |')
+    return '\n'.join(lines)
+
+
+def load_curve(path: Path) -> Curve:
+    import json
+    return Curve(**json.loads(path.read_text()))

@@ -1,0 +1,104 @@
+"""Evaluation arithmetic on constructed curves, same weights/batches across methods, the Ray job."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+import yaml
+
+from nino.baselines import LinearExtrapolation
+from nino.checkpoint import save_nowcaster
+from nino.evaluation import Curve, markdown_table, run_curve, speedups, steps_to_target
+from nino.model import NiNoConfig, build_nowcaster
+from pipeline.tasks import load_tasks
+
+STEPS = [0, 100, 200, 300, 400, 500]
+
+
+def _curve(task, seed, method, values, metric='val_acc'):
+    return Curve(task, seed, method, metric, STEPS, values)
+
+
+def test_steps_to_target_first_crossing_and_never():
+    assert steps_to_target(STEPS, [0.1, 0.5, 0.8, 0.79, 0.9, 0.95], 0.8, True) == 200
+    assert math.isnan(steps_to_target(STEPS, [0.1, 0.5, 0.6, 0.7, 0.7, 0.79], 0.8, True))
+    assert steps_to_target(STEPS, [90, 40, 20, 12, 9, 8], 10, False) == 400  # perplexity: lower is better
+    assert steps_to_target(STEPS, [0.9] * 6, 0.8, True) == 0
+
+
+def test_speedups_use_only_seeds_where_both_reached():
+    low, mid, high, never = ([0, 0, 0, 0, 0.9, 0.9], [0, 0, 0, 0.9, 0.9, 0.9],
+                             [0, 0.9, 0.9, 0.9, 0.9, 0.9], [0] * 6)
+    curves = [_curve('t', 0, 'adam', low), _curve('t', 0, 'nino', [0, 0, 0.9, 0.9, 0.9, 0.9]),
+              _curve('t', 1, 'adam', mid), _curve('t', 1, 'nino', high),
+              _curve('t', 2, 'adam', never), _curve('t', 2, 'nino', high),
+              _curve('t', 0, 'bad', never), _curve('t', 1, 'bad', never), _curve('t', 2, 'bad', never)]
+    rows = {r.method: r for r in speedups(curves, {'t': 0.8})}
+    assert (rows['adam'].reached, rows['adam'].speedup_mean, rows['adam'].compared) == (2, 1.0, 2)
+    nino = rows['nino']
+    assert (nino.reached, nino.compared) == (3, 2)
+    assert nino.speedup_mean == pytest.approx(2.5) and nino.speedup_std == pytest.approx(0.5)  # 400/200, 300/100
+    assert nino.steps_mean == pytest.approx((200 + 100 + 100) / 3)
+    assert rows['bad'].reached == 0 and math.isnan(rows['bad'].speedup_mean)
+    table = markdown_table(list(rows.values()), {'t': 0.8}, {'t': 'val_acc'})
+    assert '| t | val_acc >= 0.8 | nino | 3/3 | 133 | 2.50x ± 0.50 | 60% |' in table
+    assert '| t | val_acc >= 0.8 | bad | 0/3 | - | - | - |' in table
+
+
+def test_speedup_of_a_method_reaching_at_step_zero_is_finite():
+    curves = [_curve('t', 0, 'adam', [0, 0.9, 0.9, 0.9, 0.9, 0.9]), _curve('t', 0, 'x', [0.9] * 6)]
+    assert {r.method: r.speedup_mean for r in speedups(curves, {'t': 0.8})}['x'] == 100.0
+
+
+def test_linear_extrapolation_is_exact_on_lines():
+    lin = LinearExtrapolation(ctx=5, seq_len=10, max_feat_size=1)
+    t = torch.arange(5.0)
+    x = torch.stack([2 * t + 1, -t, torch.full((5,), 3.0)])  # three parameters, one slot each
+    assert torch.allclose(lin(x, k=3)[:, 0], torch.tensor([2 * 7 + 1, -7.0, 3.0]))
+    assert torch.allclose(lin(x)[:, 0, 2], lin(x, k=3)[:, 0])
+
+
+def test_methods_share_initial_weights_and_batches():
+    spec, = load_tasks({'tasks': [{'preset': 'digits-mlp', 'steps': 120, 'eval_every': 20}]})
+    adam = run_curve(spec, 1000, 'adam', None, period=50)
+    lin = run_curve(spec, 1000, 'linear', LinearExtrapolation(seq_len=40), period=50)
+    assert adam.init_checksum == lin.init_checksum and adam.batch_checksum == lin.batch_checksum
+    assert lin.nowcast_steps == [50, 100] and adam.nowcast_steps == []
+    first = adam.steps.index(40)
+    assert adam.values[:first + 1] == lin.values[:first + 1]  # identical until the first nowcast
+    assert adam.values != lin.values
+    other = run_curve(spec, 1001, 'adam', None, period=50)
+    assert other.init_checksum != adam.init_checksum and other.batch_checksum != adam.batch_checksum
+
+
+def test_evaluate_job_writes_outputs_and_resumes(tmp_path):
+    from jobs.evaluate import evaluate
+    ray = pytest.importorskip('ray')
+    ckpt = tmp_path / 'tiny.safetensors'
+    torch.manual_seed(0)
+    save_nowcaster(build_nowcaster(NiNoConfig(gnn=False, hid=8, seq_len=10)), ckpt)
+    config = tmp_path / 'eval.yaml'
+    config.write_text(yaml.safe_dump({'seeds': 2, 'tasks': [
+        {'preset': 'digits-mlp', 'steps': 100, 'eval_every': 20, 'period': 50, 'widths': [1, 1.5],
+         'target': {'metric': 'val_acc', 'value': 0.5}}]}))
+    out = tmp_path / 'out'
+    ray.init(num_cpus=2, include_dashboard=False, logging_level='ERROR', log_to_driver=False)
+    try:
+        curves, table = evaluate(config, out, [str(ckpt)], progress=False)
+        stamps = {p.name: p.stat().st_mtime_ns for p in (out / 'runs').iterdir()}
+        again, table2 = evaluate(config, out, [str(ckpt)], progress=False)
+    finally:
+        ray.shutdown()
+    assert len(curves) == 2 * 2 * 3 and table2 == table
+    assert {p.name: p.stat().st_mtime_ns for p in (out / 'runs').iterdir()} == stamps
+    assert {c.method for c in curves} == {'adam', 'tiny', 'linear'}
+    with open(out / 'curves.csv') as f:
+        assert len(list(csv.DictReader(f))) == 12 * 6
+    for name in ('summary.md', 'speedups.csv', 'curves.json', 'curves_digits-mlp.png',
+                 'curves_digits-mlp-w1.5.png', 'speedup.png'):
+        assert (out / name).stat().st_size > 0
+    assert (out / 'curves_digits-mlp.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert '| digits-mlp-w1.5 | val_acc >= 0.5 | tiny |' in table
