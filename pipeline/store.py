@@ -9,9 +9,11 @@
         steps                   (n_states,) int64: optimizer step of each state
 
 A chunk never spans two trajectories, so every trajectory is written by one process without
-touching another's chunks. Every chunk carries a CRC32C, so a damaged chunk fails to decode
-(and `verify` names it) instead of returning wrong numbers. Stores are local paths or fsspec URLs (`memory://`, `s3://`, ...).
-The layout is documented in docs/store-format.md.
+touching another's chunks. Every chunk carries a CRC32C, so a damaged chunk fails to decode (and
+`verify` names it) instead of returning wrong numbers. Stores are local paths, fsspec URLs
+(`s3://...`, `memory://...`, `simplecache::s3://...` for a local chunk cache) or
+`hf://datasets/OWNER/NAME[@REV]/FOLDER` (read-only, fetched key by key into the hub cache; see
+pipeline.hub). The layout is documented in docs/store-format.md.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from .codecs import TimeDeltaCodec
+from .hub import HUB_PREFIX, HubStore, HubUnavailableError, parse_hub_url
 
 from .manifest import Manifest
 from .tasks import TaskSpec
@@ -105,10 +108,23 @@ class TrajectoryStore:
     def __init__(self, url: str | Path, storage_options: dict[str, Any] | None = None, mode: str = 'a') -> None:
         self.url = str(url)
         self.storage_options = storage_options or {}
-        kwargs = {'storage_options': self.storage_options} if self.storage_options else {}
-        if mode == 'r' and not self._fs_path()[0].exists(self._fs_path()[1] + '/zarr.json'):
-            raise StoreError(f'{self.url}: no trajectory store here (zarr.json missing)')
-        self.root = zarr.open_group(self.url, mode=mode, zarr_format=3, **kwargs)
+        self.hub: HubStore | None = None
+        if self.url.startswith(HUB_PREFIX):
+            if mode != 'r':
+                raise StoreError(f'{self.url}: hub stores are read-only here (write locally, then push)')
+            self.hub = HubStore(*parse_hub_url(self.url), cache_dir=self.storage_options.get('cache_dir'))
+            try:
+                found = self.hub.fetch('zarr.json')
+            except HubUnavailableError:
+                found = None
+            if found is None:
+                raise StoreError(f'{self.url}: no trajectory store here (zarr.json missing)')
+            self.root = zarr.open_group(self.hub, mode='r', zarr_format=3)
+        else:
+            kwargs = {'storage_options': self.storage_options} if self.storage_options else {}
+            if mode == 'r' and not self._fs_path()[0].exists(self._fs_path()[1] + '/zarr.json'):
+                raise StoreError(f'{self.url}: no trajectory store here (zarr.json missing)')
+            self.root = zarr.open_group(self.url, mode=mode, zarr_format=3, **kwargs)
         fmt = self.root.attrs.get('format')
         if fmt is None and mode != 'r':
             self.root.attrs.update({'format': FORMAT, 'version': VERSION})
@@ -120,6 +136,10 @@ class TrajectoryStore:
         return fs, path.rstrip('/')
 
     def manifest(self) -> Manifest:
+        if self.hub is not None:
+            local = self.hub.fetch('manifest.parquet')  # raises if it cannot be had
+            path = str(local) if local else f'{self.url}/manifest.parquet (missing)'
+            return Manifest(fsspec.filesystem('file'), path)
         fs, path = self._fs_path()
         return Manifest(fs, f'{path}/manifest.parquet')
 

@@ -78,3 +78,27 @@ def small_store(tmp_path_factory) -> Path:
         fm16_entry(steps=160, trajectories=4, lr=[0.003, 0.01]),
         {'preset': 'lm-3-24', 'dataset': {'path': str(TEXT), 'context': 32}, 'steps': 160, 'record_every': 4,
          'eval_every': 80, 'batch_size': 8, 'trajectories': 2}])
+
+
+def write_published(folder: Path, name: str, n_traj: int, n_states: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Small files in exactly the published layout and naming (random-walk float16 states)."""
+    from pipeline.published import published_task
+    task = published_task(name).with_shape(n_traj, n_states)
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    per_part = n_traj // task.parts
+    arrays = {}
+    for p, filename in enumerate(task.part_files()):
+        mm = np.memmap(folder / filename, dtype=np.float16, mode='w+', shape=(per_part, n_states, task.n_params))
+        for t in range(per_part):
+            x = rng.normal(0, 0.05, task.n_params).astype(np.float32)
+            for s in range(n_states):
+                x += rng.normal(0, 1e-3, task.n_params).astype(np.float32)
+                mm[t, s] = x.astype(np.float16)
+        mm.flush()
+        arrays[filename] = np.array(mm)
+        del mm
+    metrics = rng.random((n_traj, n_states, len(task.metrics))).astype(np.float16)
+    metrics.tofile(folder / task.metrics_file)
+    arrays[task.metrics_file] = metrics
+    return arrays

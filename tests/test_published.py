@@ -1,0 +1,192 @@
+"""The published dataset: convert memmaps in the published layout, stream them, serve through the hub cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nino.graph import build_graph
+from nino.scaling import scale_states
+from pipeline.convert import SourceError, convert
+from pipeline.hub import DiskSpaceError, HubUnavailableError, download, missing_bytes
+from pipeline.loader import WindowConfig, WindowStream
+from pipeline.published import REPO_ID, REVISION, published_task
+from pipeline.store import TrajectoryStore
+from pipeline.verify import verify_store
+from tests.conftest import write_published
+
+ray = pytest.importorskip('ray')
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {'fm-16': (2, 1000), 'lm1b-3-24': (2, 17)}
+
+
+@pytest.fixture(scope='module')
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level='ERROR', log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope='module')
+def published(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('published')
+    arrays = {}
+    for i, (name, (n_traj, n_states)) in enumerate(SHAPES.items()):
+        arrays.update(write_published(folder, name, n_traj, n_states, seed=i))
+    return folder, arrays
+
+
+@pytest.fixture(scope='module')
+def converted(published, local_ray, tmp_path_factory):
+    folder, _ = published
+    store = tmp_path_factory.mktemp('converted') / 'store'
+    summary = convert(list(SHAPES), folder, str(store), SHAPES, progress=False)
+    assert (summary.done, summary.failed) == (4, [])
+    return store
+
+
+def test_every_value_is_converted(published, converted):
+    _, arrays = published
+    store = TrajectoryStore(converted, mode='r')
+    fm = store.group('fm-16')
+    for i in range(2):
+        assert np.array_equal(fm.read_params(i).view(np.uint16), arrays['fm-16.dat'][i].view(np.uint16))
+        assert np.array_equal(fm.read_metrics(i), arrays['fm-16_metrics.dat'][i].astype(np.float32))
+    lm = store.group('lm1b-3-24')
+    for i, part in enumerate(['lm1b-3-24_p1.dat', 'lm1b-3-24_p2.dat']):  # one trajectory per part
+        assert np.array_equal(lm.read_params(i).view(np.uint16), arrays[part][0].view(np.uint16))
+    assert lm.metric_names == ['train_loss'] and fm.metric_names == ['test_loss', 'test_acc', 'train_loss', 'train_acc']
+    assert fm.spec.record_every == 4 and lm.spec.record_every == 200 and lm.spec.arch['n_head'] == 3
+    assert verify_store(store) == (4, [])
+
+
+def test_converted_store_keeps_the_published_window_semantics(published, converted):
+    _, arrays = published
+    cfg = WindowConfig(step=200, seq_len=40, samples_per_traj=2, batch_size=2)
+    stream = WindowStream(str(converted), cfg, tasks=['fm-16'], seed=0)
+    layout = TrajectoryStore(converted, mode='r').group('fm-16').layout
+    graph = build_graph(layout)
+    for g in stream.batch(0).to_data_list():
+        _, traj, start, shift = g.window[0].tolist()
+        ind = np.arange(start, 1000, 50)[:45]  # every 50th state = 200 Adam steps apart
+        raw = torch.from_numpy(arrays['fm-16.dat'][traj, ind[shift:shift + 5]].T.astype(np.float32))
+        assert torch.allclose(g.edge_attr, graph.edge_features(scale_states(raw, layout)[0]), atol=1e-6)
+        n_targets = min(40, len(ind) - shift - 5)
+        assert g.y_mask[:, 0, :n_targets].any(0).all() and not g.y_mask[:, :, n_targets:].any()
+    lm = WindowStream(str(converted), WindowConfig(step=200, seq_len=40, samples_per_traj=1, batch_size=1),
+                      tasks=['lm1b-3-24'], seed=0).batch(0).to_data_list()[0]
+    _, traj, start, shift = lm.window[0].tolist()
+    assert 0 <= start <= 17 - 16  # every state (200 steps apart), 5 inputs and >= 10 targets
+    n_targets = 17 - start - 5
+    assert lm.y_mask[:, 0, :n_targets].any(0).all() and not lm.y_mask[:, :, n_targets:].any()
+    assert (lm.pos_w[:1000] > 0).all() and int(lm.pos_w.max()) <= 50257
+
+
+def _fake_hub_cache(cache: Path, repo_id: str, revision: str, files: dict[str, Path]) -> Path:
+    """The hub cache layout huggingface_hub reads offline: refs/<revision> -> snapshots/<commit>/<files>."""
+    repo = cache / f"datasets--{repo_id.replace('/', '--')}"
+    commit = 'a' * 40
+    (repo / 'refs').mkdir(parents=True, exist_ok=True)
+    (repo / 'refs' / revision).write_text(commit)
+    for name, src in files.items():
+        dest = repo / 'snapshots' / commit / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    return repo / 'snapshots' / commit
+
+
+def test_download_and_convert_through_the_offline_hub_cache(published, local_ray, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    folder, arrays = published
+    task = published_task('fm-16')
+    cache = tmp_path / 'hub'
+    _fake_hub_cache(cache, REPO_ID, REVISION, {f: folder / f for f in task.files()})
+    assert missing_bytes(['fm-16'], cache) == 0
+    assert missing_bytes(['lm1b-3-24'], cache) == published_task('lm1b-3-24').nbytes()
+    paths = download(['fm-16'], cache)['fm-16']
+    assert [p.name for p in paths] == task.files() and all(p.is_file() for p in paths)
+    free = shutil.disk_usage(cache).free
+    monkeypatch.setattr('pipeline.hub.shutil.disk_usage', lambda p: shutil._ntuple_diskusage(1, 1, 10**9))
+    with pytest.raises(DiskSpaceError, match=r"needs 22\.1 GB more but .* has 1\.0 GB free"):
+        download(['c10-16'], cache)
+    monkeypatch.setattr('pipeline.hub.shutil.disk_usage', lambda p: shutil._ntuple_diskusage(1, 1, 10**12))
+    with pytest.raises(HubUnavailableError, match='c10-16.dat is not in the local hub cache'):
+        download(['c10-16'], cache)
+    assert free > 0
+    store = tmp_path / 'store'
+    convert(['fm-16'], paths[0].parent, str(store), {'fm-16': SHAPES['fm-16']}, progress=False)
+    assert np.array_equal(TrajectoryStore(store, mode='r').group('fm-16').read_params(1).view(np.uint16),
+                          arrays['fm-16.dat'][1].view(np.uint16))
+
+
+def test_stream_a_store_from_the_hub_cache_reading_only_needed_chunks(converted, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    cache = tmp_path / 'hub'
+    files = {f'store/{p.relative_to(converted)}': p for p in converted.rglob('*') if p.is_file()}
+    partial = {k: v for k, v in files.items() if '/params/c/1/' not in k}  # trajectory 1's chunks not cached
+    _fake_hub_cache(cache, 'me/nino-store', 'main', partial)
+    url = 'hf://datasets/me/nino-store@main/store'
+    store = TrajectoryStore(url, {'cache_dir': str(cache)}, mode='r')
+    assert store.task_names() == ['fm-16', 'lm1b-3-24']
+    local = TrajectoryStore(converted, mode='r')
+    assert np.array_equal(store.group('fm-16').read_params(0), local.group('fm-16').read_params(0))
+    with pytest.raises(HubUnavailableError, match='params/c/1/0/0'):
+        store.group('fm-16').read_params(1)
+    cfg = WindowConfig(step=200, seq_len=40, samples_per_traj=2, batch_size=2)
+    from_hub = WindowStream(url, cfg, tasks=['fm-16'], trajectories={'fm-16': [0]}, seed=5,
+                            storage_options={'cache_dir': str(cache)})
+    from_disk = WindowStream(str(converted), cfg, tasks=['fm-16'], trajectories={'fm-16': [0]}, seed=5)
+    assert torch.equal(from_hub.batch(0).edge_attr, from_disk.batch(0).edge_attr)
+
+
+def test_wrong_source_files_are_named(tmp_path, local_ray):
+    write_published(tmp_path / 'src', 'fm-16', 2, 10)
+    with open(tmp_path / 'src' / 'fm-16.dat', 'ab') as f:
+        f.write(b'\0\0')
+    with pytest.raises(SourceError, match='fm-16.dat: 575122 bytes'):
+        convert(['fm-16'], tmp_path / 'src', str(tmp_path / 'store'), {'fm-16': (2, 10)}, progress=False)
+    with pytest.raises(SourceError, match='lm1b-3-24_p1.dat: missing'):
+        convert(['lm1b-3-24'], tmp_path / 'src', str(tmp_path / 'store'), progress=False)
+
+
+def test_killed_conversion_completes_on_rerun_without_converting_twice(tmp_path):
+    source = tmp_path / 'src'
+    arrays = write_published(source, 'fm-16', 12, 60)
+    store = tmp_path / 'store'
+    cmd = [sys.executable, '-m', 'pipeline', 'convert', '--tasks', 'fm-16', '--source', str(source),
+           '--store', str(store), '--shape', 'fm-16=12x60']
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    done = {}
+    deadline = time.time() + 120
+    while time.time() < deadline and first.poll() is None and not done:
+        if (store / 'manifest.parquet').exists():
+            done = {k: r['updated'] for k, r in TrajectoryStore(store, mode='r').manifest().rows.items()
+                    if r['status'] == 'done'}
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    rows = TrajectoryStore(store, mode='r').manifest().rows
+    before = {k: r['updated'] for k, r in rows.items() if r['status'] == 'done'}
+    assert 1 <= len(before) < 12
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f'scheduled {12 - len(before)}, done {12 - len(before)}, failed 0, already done {len(before)}' in out.stdout
+    s = TrajectoryStore(store, mode='r')
+    for key, stamp in before.items():
+        assert s.manifest().rows[key]['updated'] == stamp
+    group = s.group('fm-16')
+    for i in range(12):
+        assert np.array_equal(group.read_params(i).view(np.uint16), arrays['fm-16.dat'][i].view(np.uint16))
+    assert verify_store(s) == (12, [])
