@@ -78,3 +78,12 @@ def test_opening_something_else_is_a_clear_error(tmp_path):
         store.group('x')
     with pytest.raises(StoreError, match='unknown params codec'):
         store.ensure_group(_spec(), LAYOUT, list(METRICS), codec='gzip')
+
+
+def test_chained_fsspec_url_reads_through_a_local_cache(tmp_path):
+    spec = _spec()
+    group = TrajectoryStore(tmp_path / 's').ensure_group(spec, LAYOUT, list(METRICS))
+    x = _states(spec.num_states, 3)
+    group.write_states(0, 0, x)
+    cached = TrajectoryStore(f'simplecache::{(tmp_path / "s").as_uri()}', mode='r')
+    assert np.array_equal(cached.group('toy').read_params(0).view(np.uint16), x.view(np.uint16))
