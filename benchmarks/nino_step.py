@@ -92,8 +92,8 @@ def main() -> None:
         print(json.dumps(run_one(args.one, args.ckpt)))
         return
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, nowcaster {args.ckpt.name}')
-    print(f'| network | params | nodes | edges | graph + LPE (s) | NiNo step (s) | peak RSS before step (MB) '
-          f'| peak RSS after step (MB) |')
+    print('| network | params | nodes | edges | graph + LPE (s) | NiNo step (s) | peak RSS before step (MB) '
+          '| peak RSS after step (MB) |')
     print('|---|---:|---:|---:|---:|---:|---:|---:|')
     for name in MODELS:
         cmd = [sys.executable, __file__, '--one', name, '--ckpt', str(args.ckpt)]

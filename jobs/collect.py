@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import yaml
-from tqdm import tqdm
 
 from nino.graph import param_shapes
 from pipeline.record import METRICS, record_trajectory
+from pipeline.scheduler import run_per_trajectory
 from pipeline.store import StoreError, TrajectoryStore
-from pipeline.tasks import ConfigError, TaskSpec, build_model, load_tasks
+from pipeline.tasks import ConfigError, TaskSpec, build_model, load_tasks, read_config_file, with_absolute_paths
 
 
 @dataclass
@@ -49,25 +48,12 @@ class Summary:
 
 def load_config(path: str | Path) -> tuple[dict[str, Any], list[TaskSpec]]:
     """Read a collection config; dataset paths are made absolute (relative to the working dir)."""
-    path = Path(path)
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f'{path}: config file not found') from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f'{path}: not valid YAML: {err}') from None
+    cfg = read_config_file(path)
     try:
         specs = load_tasks(cfg)
     except ConfigError as err:
         raise ConfigError(f'{path}: {err}') from None
-    resolved = []
-    for spec in specs:
-        dataset = dict(spec.dataset)
-        for key in ('root', 'path'):
-            if key in dataset:
-                dataset[key] = str(Path(dataset[key]).expanduser().resolve())
-        resolved.append(TaskSpec.from_dict({**spec.to_dict(), 'dataset': dataset}))
-    return cfg, resolved
+    return cfg, [with_absolute_paths(spec) for spec in specs]
 
 
 def record_into_store(store_url: str, spec_dict: dict[str, Any], index: int) -> dict[str, Any]:
@@ -104,28 +90,15 @@ def collect(config: str | Path, store_url: str | None = None, address: str | Non
     if not todo:
         return summary
 
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level='WARNING')
-    start = time.time()
-    pending = {}
-    for spec, i in todo:
-        ref = _record_remote.options(num_cpus=spec.threads, max_retries=retries,
-                                     name=f'record:{spec.name}[{i}]').remote(store_url, spec.to_dict(), i)
-        pending[ref] = (spec, i)
-    with tqdm(total=len(todo), desc='trajectories', disable=not progress, unit='traj') as bar:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            spec, i = pending.pop(ready[0])
-            try:
-                row = ray.get(ready[0])
-                summary.done += 1
-            except (ray.exceptions.RayError, Exception) as err:  # task error or worker lost past retries
-                row = dict(task=spec.name, index=i, status='failed', seed=spec.trajectory_seed(i),
-                           lr=spec.trajectory_lr(i), error=str(err).splitlines()[0][:500], updated=time.time())
-                summary.failed.append(f'{spec.name}[{i}]: {row["error"]}')
-            manifest.upsert(row)
-            bar.update(1)
-    summary.seconds = time.time() - start
+    def submit(item: tuple[TaskSpec, int]) -> ray.ObjectRef:
+        spec, i = item
+        return _record_remote.options(num_cpus=spec.threads, max_retries=retries,
+                                      name=f'record:{spec.name}[{i}]').remote(store_url, spec.to_dict(), i)
+
+    run = run_per_trajectory(todo, submit, lambda item: (item[0].name, item[1]), manifest, 'trajectories',
+                             address, progress, lambda item: dict(seed=item[0].trajectory_seed(item[1]),
+                                                                  lr=item[0].trajectory_lr(item[1])))
+    summary.done, summary.failed, summary.seconds = len(run.done), run.failed, run.seconds
     return summary
 
 

@@ -30,24 +30,17 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import yaml
 from tqdm import tqdm
 
 from nino.evaluation import BASE, LINEAR, Curve, load_curve, method_nowcaster, metric_of, run_curve, speedups
-from pipeline.tasks import ConfigError, TaskSpec, expand_task
+from pipeline.tasks import ConfigError, TaskSpec, expand_task, read_config_file, with_absolute_paths
 
 from .report import plot_curves, plot_speedups, write_curves, write_table
 
 
 def load_eval_config(path: str | Path) -> tuple[dict[str, Any], list[tuple[TaskSpec, int, float]]]:
     """(config, [(spec, period, target)]) with dataset paths made absolute."""
-    path = Path(path)
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f'{path}: config file not found') from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f'{path}: not valid YAML: {err}') from None
+    cfg = read_config_file(path)
     if not isinstance(cfg, dict) or not isinstance(cfg.get('tasks'), list):
         raise ConfigError(f"{path}: field 'tasks' must be a list")
     pairs = []
@@ -63,12 +56,7 @@ def load_eval_config(path: str | Path) -> tuple[dict[str, Any], list[tuple[TaskS
         target = spec.target.get('value')
         if not isinstance(target, (int, float)):
             raise ConfigError(f"{path}: task '{spec.name}': field 'target' needs a numeric 'value'")
-        dataset = dict(spec.dataset)
-        for key in ('root', 'path'):
-            if key in dataset:
-                dataset[key] = str(Path(dataset[key]).expanduser().resolve())
-        spec = TaskSpec.from_dict({**spec.to_dict(), 'dataset': dataset})
-        out.append((spec, int(period), float(target)))
+        out.append((with_absolute_paths(spec), int(period), float(target)))
     return cfg, out
 
 

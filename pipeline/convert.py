@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 import ray
-from tqdm import tqdm
 
 from nino.graph import param_shapes
 
 from .published import PublishedTask, published_task
+from .scheduler import run_per_trajectory
 from .store import StoreError, TrajectoryStore
 from .tasks import TaskSpec, build_model
 
@@ -57,8 +57,9 @@ def check_sources(task: PublishedTask, source: Path) -> None:
         if not path.is_file():
             raise SourceError(f'{path}: missing (task {task.name} needs {sorted(expected)})')
         if path.stat().st_size != size:
-            raise SourceError(f'{path}: {path.stat().st_size} bytes, but ({per_part if name != task.metrics_file else task.n_traj}, '
-                              f'{task.n_states}, ...) float16 means {size}')
+            rows = task.n_traj if name == task.metrics_file else per_part
+            raise SourceError(f'{path}: {path.stat().st_size} bytes, but ({rows}, {task.n_states}, ...) float16 '
+                              f'means {size}')
 
 
 def _locate(task: PublishedTask, index: int) -> tuple[str, int]:
@@ -140,28 +141,13 @@ def convert(tasks: list[str], source: str | Path, store_url: str, shapes: dict[s
     summary = ConvertSummary(scheduled=len(todo), skipped=sum(t.n_traj for t in published) - len(todo))
     if not todo:
         return summary
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level='WARNING')
-    start = time.time()
-    pending = {}
-    for task, i in todo:
-        d = {**task.__dict__, 'metrics': list(task.metrics)}
-        ref = _convert_remote.options(max_retries=retries, name=f'convert:{task.name}[{i}]').remote(
-            store_url, d, str(source.resolve()), i)
-        pending[ref] = (task, i)
-    with tqdm(total=len(todo), desc='converting', unit='traj', disable=not progress) as bar:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            task, i = pending.pop(ready[0])
-            try:
-                row = ray.get(ready[0])
-                summary.done += 1
-                summary.bytes_read += 2 * task.n_states * task.n_params
-            except Exception as err:  # task error, or worker lost past its retries
-                row = dict(task=task.name, index=i, status='failed', error=str(err).splitlines()[0][:500],
-                           updated=time.time())
-                summary.failed.append(f'{task.name}[{i}]: {row["error"]}')
-            manifest.upsert(row)
-            bar.update(1)
-    summary.seconds = time.time() - start
+    def submit(item: tuple[PublishedTask, int]) -> ray.ObjectRef:
+        task, i = item
+        return _convert_remote.options(max_retries=retries, name=f'convert:{task.name}[{i}]').remote(
+            store_url, {**task.__dict__, 'metrics': list(task.metrics)}, str(source.resolve()), i)
+
+    run = run_per_trajectory(todo, submit, lambda item: (item[0].name, item[1]), manifest, 'converting',
+                             address, progress)
+    summary.done, summary.failed, summary.seconds = len(run.done), run.failed, run.seconds
+    summary.bytes_read = sum(2 * t.n_states * t.n_params for t, _ in run.done)
     return summary

@@ -107,7 +107,8 @@ def _text(cfg: dict[str, Any]) -> TokenData:
 
 
 def _cifar(cfg: dict[str, Any]) -> ClassificationData:
-    return ClassificationData(*load_cifar(cfg['root'], cfg['name'], 'train'), *load_cifar(cfg['root'], cfg['name'], 'test'))
+    train = load_cifar(cfg['root'], cfg['name'], 'train')
+    return ClassificationData(*train, *load_cifar(cfg['root'], cfg['name'], 'test'))
 
 
 _LOADERS = {'fashion-mnist': _idx, 'mnist': _idx, 'digits': _digits, 'text': _text,

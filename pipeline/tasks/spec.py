@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from .presets import PRESETS
 
@@ -177,3 +179,23 @@ def load_tasks(config: dict[str, Any]) -> list[TaskSpec]:
     if dup:
         raise ConfigError(f"field 'tasks': task names must be unique, repeated: {dup}")
     return specs
+
+
+def read_config_file(path: str | Path) -> Any:
+    """Parse a YAML config file; a missing file or bad YAML is a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f'{path}: config file not found') from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f'{path}: not valid YAML: {err}') from None
+
+
+def with_absolute_paths(spec: TaskSpec) -> TaskSpec:
+    """The spec with its dataset `root`/`path` resolved against the working directory."""
+    dataset = dict(spec.dataset)
+    for key in ('root', 'path'):
+        if key in dataset:
+            dataset[key] = str(Path(dataset[key]).expanduser().resolve())
+    return TaskSpec.from_dict({**spec.to_dict(), 'dataset': dataset})

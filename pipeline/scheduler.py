@@ -1,0 +1,57 @@
+"""One Ray task per trajectory, each finished one recorded in the manifest as it lands.
+
+Shared by collection and conversion: the driver submits every item, waits for them in
+completion order, writes the returned manifest row (or a `failed` row with the error's first
+line) and advances a progress bar. Ray retries an item whose worker dies (`max_retries`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import ray
+from tqdm import tqdm
+
+from .manifest import Manifest
+
+Item = TypeVar('Item')
+
+
+@dataclass
+class RunResult:
+    done: list[Any] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run_per_trajectory(items: Sequence[Item], submit: Callable[[Item], ray.ObjectRef],
+                       key: Callable[[Item], tuple[str, int]], manifest: Manifest, desc: str,
+                       address: str | None = None, progress: bool = True,
+                       failed_fields: Callable[[Item], dict[str, Any]] | None = None) -> RunResult:
+    """Run `submit(item)` for every item on Ray; manifest rows are written as results arrive."""
+    result = RunResult()
+    if not items:
+        return result
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, logging_level='WARNING')
+    start = time.time()
+    pending = {submit(item): item for item in items}
+    with tqdm(total=len(items), desc=desc, unit='traj', disable=not progress) as bar:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            item = pending.pop(ready[0])
+            task, index = key(item)
+            try:
+                row = ray.get(ready[0])
+                result.done.append(item)
+            except Exception as err:  # the task raised, or its worker was lost past its retries
+                row = dict(task=task, index=index, status='failed', error=str(err).splitlines()[0][:500],
+                           updated=time.time(), **(failed_fields(item) if failed_fields else {}))
+                result.failed.append(f'{task}[{index}]: {row["error"]}')
+            manifest.upsert(row)
+            bar.update(1)
+    result.seconds = time.time() - start
+    return result
