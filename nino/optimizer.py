@@ -43,12 +43,13 @@ class NiNo:
         max_train_steps: planned length of training; sets the decay of k.
         device: where the nowcaster runs and states are kept (default: the model's device).
         num_heads: attention heads of a GPT-2 that has no `config.n_head`.
+        lpe: a precomputed Laplacian positional encoding (num_nodes, k) to use instead of computing one.
     """
 
     def __init__(self, base_opt: torch.optim.Optimizer, model: nn.Module,
                  ckpt: str | Path | Nowcaster | None = None, period: int = 1000,
                  max_train_steps: int = 10000, device: str | torch.device | None = None,
-                 num_heads: int | None = None) -> None:
+                 num_heads: int | None = None, lpe: Tensor | None = None) -> None:
         self.base_opt = base_opt
         self.period = period
         self.max_train_steps = max_train_steps
@@ -74,10 +75,13 @@ class NiNo:
             if len(shape) == 4 and shape[2] * shape[3] > cfg.max_feat_size:
                 raise UnsupportedLayerError(f"parameter '{name}' has a {shape[2]}x{shape[3]} kernel but the "
                                             f"nowcaster supports at most {cfg.max_feat_size} positions")
-        lpe = laplacian_pe(self.graph.edge_index, self.graph.num_nodes, cfg.lpe) if cfg.gnn and cfg.lpe else None
+        if lpe is not None and cfg.gnn and tuple(lpe.shape) != (self.graph.num_nodes, cfg.lpe):
+            raise ValueError(f'lpe must have shape ({self.graph.num_nodes}, {cfg.lpe}), got {tuple(lpe.shape)}')
+        if lpe is None and cfg.gnn and cfg.lpe:
+            lpe = laplacian_pe(self.graph.edge_index, self.graph.num_nodes, cfg.lpe)
         self._graph_inputs = dict(edge_type=self.graph.edge_type.to(self.device),
                                   edge_index=self.graph.edge_index.to(self.device),
-                                  lpe=None if lpe is None else lpe.to(self.device),
+                                  lpe=None if lpe is None or not cfg.gnn else lpe.float().to(self.device),
                                   pos_w=self.graph.pos_w.to(self.device))
         self.k_schedule = k_schedule(cfg.seq_len, max_train_steps, period)
 

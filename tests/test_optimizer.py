@@ -171,3 +171,13 @@ def test_load_state_dict_rejects_another_period(gnn):
     other = NiNo(torch.optim.AdamW(model.parameters()), model, ckpt=gnn, period=20, max_train_steps=STEPS)
     with pytest.raises(ValueError, match='period=10'):
         other.load_state_dict(opt.state_dict())
+
+
+def test_a_precomputed_lpe_is_used(gnn, fashion_mnist):
+    torch.manual_seed(0)
+    model = ConvNet()
+    lpe = torch.randn(95, 8)
+    opt = NiNo(torch.optim.AdamW(model.parameters(), lr=LR), model, ckpt=gnn, period=PERIOD, lpe=lpe)
+    assert torch.equal(opt._graph_inputs['lpe'], lpe)
+    with pytest.raises(ValueError, match=r'lpe must have shape \(95, 8\)'):
+        NiNo(torch.optim.AdamW(model.parameters(), lr=LR), model, ckpt=gnn, lpe=torch.randn(10, 8))

@@ -152,3 +152,36 @@ def test_ddp_two_processes_with_gloo(small_store, tmp_path):
     single = train(_cfg(small_store, tmp_path / 'one', steps=4), progress=False)
     assert [float(r[2]) for r in _losses(tmp_path / 'ddp')] != single['losses']  # rank 0 saw other batches
     load_nowcaster(tmp_path / 'ddp' / 'nowcaster.safetensors')
+
+
+def test_sigkill_during_a_checkpoint_write_resumes_bit_for_bit(small_store, tmp_path):
+    """Kill the run the moment a checkpoint's temporary file appears (a write in progress)."""
+    config = tmp_path / 'train.yaml'
+    big = dict(TINY, model=dict(hid=128, layers=3))  # a ~3.5 MB checkpoint: a write takes a while
+    config.write_text(yaml.safe_dump({**big, 'steps': 16, 'ckpt_every': 1, 'keep_last': 2}))
+    full, broken = tmp_path / 'full', tmp_path / 'broken'
+    subprocess.run(_cmd(config, small_store, full), cwd=ROOT, check=True, capture_output=True)
+    caught = None
+    for attempt in range(5):  # the write window is short: try until a kill lands inside one
+        shutil.rmtree(broken, ignore_errors=True)
+        proc = subprocess.Popen(_cmd(config, small_store, broken), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        ckpts = broken / 'checkpoints'
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            tmp = [n for n in (os.listdir(ckpts) if ckpts.is_dir() else []) if n.endswith('.tmp')]
+            if tmp and len(_losses(broken)) > 3:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                if (ckpts / tmp[0]).exists():
+                    caught = ckpts / tmp[0]
+                break
+            time.sleep(0.0005)
+        proc.kill()
+        proc.wait()
+        if caught:
+            break
+    assert caught is not None, 'no kill landed during a checkpoint write in 5 attempts'
+    subprocess.run(_cmd(config, small_store, broken, '--resume', 'auto'), cwd=ROOT, check=True,
+                   capture_output=True)
+    assert _losses(broken) == _losses(full)
