@@ -11,6 +11,7 @@ seeds where both reached the target.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -180,5 +181,4 @@ def markdown_table(rows: list[SpeedupRow], targets: dict[str, float], metric_nam
 
 
 def load_curve(path: Path) -> Curve:
-    import json
     return Curve(**json.loads(path.read_text()))

@@ -49,15 +49,13 @@ class ConvertSummary:
 
 def check_sources(task: PublishedTask, source: Path) -> None:
     """Every file of the task exists with exactly the size its published shape implies."""
-    per_part = task.n_traj // task.parts
-    expected = {f: 2 * per_part * task.n_states * task.n_params for f in task.part_files()}
-    expected[task.metrics_file] = 2 * task.n_traj * task.n_states * len(task.metrics)
+    expected = task.file_sizes()
     for name, size in expected.items():
         path = source / name
         if not path.is_file():
             raise SourceError(f'{path}: missing (task {task.name} needs {sorted(expected)})')
         if path.stat().st_size != size:
-            rows = task.n_traj if name == task.metrics_file else per_part
+            rows = task.n_traj if name == task.metrics_file else task.n_traj // task.parts
             raise SourceError(f'{path}: {path.stat().st_size} bytes, but ({rows}, {task.n_states}, ...) float16 '
                               f'means {size}')
 

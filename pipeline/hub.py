@@ -40,10 +40,7 @@ def missing_bytes(tasks: Iterable[str], cache_dir: str | Path | None, repo_id: s
     """Bytes of the tasks' files that are not in the hub cache yet."""
     total = 0
     for name in tasks:
-        task = published_task(name)
-        per_file = {f: 2 * task.n_traj // task.parts * task.n_states * task.n_params for f in task.part_files()}
-        per_file[task.metrics_file] = 2 * task.n_traj * task.n_states * len(task.metrics)
-        for filename, size in per_file.items():
+        for filename, size in published_task(name).file_sizes().items():
             cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision,
                                             repo_type='dataset')
             if not isinstance(cached, str):

@@ -42,9 +42,16 @@ class PublishedTask:
     def files(self) -> list[str]:
         return self.part_files() + [self.metrics_file]
 
+    def file_sizes(self) -> dict[str, int]:
+        """Bytes of each of its files, as the published shapes imply."""
+        per_part = self.n_traj // self.parts
+        sizes = {f: 2 * per_part * self.n_states * self.n_params for f in self.part_files()}
+        sizes[self.metrics_file] = 2 * self.n_traj * self.n_states * len(self.metrics)
+        return sizes
+
     def nbytes(self) -> int:
         """Bytes of all its files."""
-        return 2 * self.n_traj * self.n_states * (self.n_params + len(self.metrics))
+        return sum(self.file_sizes().values())
 
     def with_shape(self, n_traj: int | None = None, n_states: int | None = None) -> PublishedTask:
         """The same task with other array sizes (small files in the same layout, e.g. for tests)."""
