@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.data import load_dataset
-from pipeline.record import evaluate, make_optimizer, torch_threads
+from pipeline.record import evaluate, loss_and_correct, make_optimizer, torch_threads
 from pipeline.tasks import TaskSpec, build_model
 
 from .baselines import LinearExtrapolation
@@ -96,9 +95,7 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
             batches.update(y.numpy().tobytes())
             nowcasts = opt.num_nowcasts
             if opt.need_grads:
-                out = model(x)
-                logits = out.logits if hasattr(out, 'logits') else out
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+                loss, _ = loss_and_correct(model, x, y)
                 opt.zero_grad()
                 loss.backward()
             opt.step()
