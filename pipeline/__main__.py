@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             print(convert(tasks, source, args.store, _shapes(args.shape), args.address))
             return 0
         if args.command == 'push':
-            from .hub import push
+            from .publish import push
             print(push(args.store, args.repo, args.path_in_repo))
             return 0
         store = TrajectoryStore(args.store, {'cache_dir': args.cache_dir} if args.cache_dir else None, mode='r')

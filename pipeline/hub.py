@@ -1,11 +1,11 @@
-"""The Hugging Face hub: download the published dataset, stream stores from the hub, push stores.
+"""The Hugging Face hub: download the published dataset and stream stores from the hub.
 
 `download` fetches whole published files with `huggingface_hub.hf_hub_download` (resumable,
 into the hub cache) after checking there is disk space for what is still missing. `HubStore`
 is a read-only zarr store over a dataset repository: each key is fetched on first use with
 `hf_hub_download`, so the hub cache is the local chunk cache and only the chunks a reader
 touches are downloaded; in offline mode (`HF_HUB_OFFLINE=1`) it serves what the cache holds.
-`push` uploads a store folder to a dataset repository.
+(Uploading a store is `pipeline/publish.py`.)
 """
 
 from __future__ import annotations
@@ -49,8 +49,11 @@ def missing_bytes(tasks: Iterable[str], cache_dir: str | Path | None, repo_id: s
 
 
 def download(tasks: Iterable[str], cache_dir: str | Path | None = None, repo_id: str = REPO_ID,
-             revision: str = REVISION) -> dict[str, list[Path]]:
-    """Fetch the published files of some tasks into the hub cache; returns their local paths."""
+             revision: str = REVISION, endpoint: str | None = None) -> dict[str, list[Path]]:
+    """Fetch the published files of some tasks into the hub cache; returns their local paths.
+
+    `endpoint` is another hub (a mirror); by default `HF_ENDPOINT` or huggingface.co.
+    """
     tasks = list(tasks)
     need = missing_bytes(tasks, cache_dir, repo_id, revision)
     where = Path(cache_dir) if cache_dir else Path(os.environ.get('HF_HUB_CACHE', Path.home() / '.cache'))
@@ -65,7 +68,7 @@ def download(tasks: Iterable[str], cache_dir: str | Path | None = None, repo_id:
         for filename in published_task(name).files():
             try:
                 paths[name].append(Path(hf_hub_download(repo_id, filename, repo_type='dataset', revision=revision,
-                                                        cache_dir=cache_dir)))
+                                                        cache_dir=cache_dir, endpoint=endpoint)))
             except LocalEntryNotFoundError as err:
                 raise HubUnavailableError(f'{repo_id}@{revision}: {filename} is not in the local hub cache and '
                                           f'the hub cannot be reached ({err.__class__.__name__})') from None
@@ -167,14 +170,3 @@ def parse_hub_url(url: str) -> tuple[str, str, str]:
     name, _, revision = parts[1].partition('@')
     return f'{parts[0]}/{name}', revision or 'main', '/'.join(parts[2:])
 
-
-def push(store_dir: str | Path, repo_id: str, path_in_repo: str = '', revision: str | None = None,
-         private: bool = True) -> str:
-    """Upload a local store folder to a hub dataset repository (created if missing)."""
-    from huggingface_hub import HfApi
-    api = HfApi()
-    api.create_repo(repo_id, repo_type='dataset', private=private, exist_ok=True)
-    info = api.upload_folder(folder_path=str(store_dir), repo_id=repo_id, repo_type='dataset',
-                             path_in_repo=path_in_repo or None, revision=revision,
-                             commit_message=f'Upload trajectory store {Path(store_dir).name}')
-    return str(info)

@@ -1,0 +1,90 @@
+"""The hub over HTTP (a hub endpoint on localhost): push a store, read it back, download published files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.hub import download, missing_bytes
+from pipeline.published import REPO_ID, REVISION
+from tests.conftest import write_published
+from tests.fake_hub import FakeHub, Repo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args: list[str], endpoint: str, home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, 'HF_ENDPOINT': endpoint, 'HF_HOME': str(home), 'HF_TOKEN': 'hf_test',
+           'HF_HUB_DISABLE_XET': '1', 'HF_HUB_DISABLE_TELEMETRY': '1'}
+    env.pop('HF_HUB_OFFLINE', None)
+    return subprocess.run([sys.executable, '-m', 'pipeline', *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture
+def hub():
+    with FakeHub() as hub:
+        yield hub
+
+
+def test_push_uploads_every_file_and_the_store_streams_back_from_the_hub(small_store, hub, tmp_path):
+    args = ['push', str(small_store), '--repo', 'me/trajectories', '--path-in-repo', 'small']
+    hub.reject_commits = 1
+    interrupted = run_cli(args, hub.endpoint, tmp_path / 'home')
+    assert interrupted.returncode == 2 and 'commit refused by the test' in interrupted.stderr
+    repo = hub.repos['me/trajectories']
+    assert repo.files == {} and len(hub.blobs) > 0
+    hub.requests.clear()
+    pushed = run_cli(args, hub.endpoint, tmp_path / 'home')
+    assert pushed.returncode == 0, pushed.stderr
+    assert not any(m == 'PUT' for m, _ in hub.requests)  # the LFS objects sent before the failure are reused
+    assert pushed.stdout.strip() == f'{hub.endpoint}/datasets/me/trajectories/commit/{repo.commits[-1]}'
+    local = {f'small/{p.relative_to(small_store).as_posix()}': p.read_bytes()
+             for p in small_store.rglob('*') if p.is_file()}
+    assert repo.files == local
+    assert any('/params/c/' in p for p in repo.lfs)  # binary chunks went through the LFS upload
+    assert set(hub.blobs) == {hashlib.sha256(local[p]).hexdigest() for p in repo.lfs}
+
+    url = 'hf://datasets/me/trajectories/small'
+    verified = run_cli(['verify', url, '--cache-dir', str(tmp_path / 'cache')], hub.endpoint, tmp_path / 'home')
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.strip().endswith('6 trajectories checked, 0 problem(s)')
+
+    commits = len(repo.commits)
+    again = run_cli(args, hub.endpoint, tmp_path / 'home')
+    assert again.returncode == 0, again.stderr
+    assert len(repo.commits) == commits and repo.files == local  # nothing changed, nothing committed
+
+
+def test_push_refuses_a_damaged_store_and_uploads_nothing(small_store, hub, tmp_path):
+    store = tmp_path / 'store'
+    shutil.copytree(small_store, store)
+    chunk = next(p for p in sorted(store.glob('*/params/c/1/*/0')))
+    chunk.write_bytes(chunk.read_bytes()[:-8] + b'\0' * 8)
+    pushed = run_cli(['push', str(store), '--repo', 'me/trajectories'], hub.endpoint, tmp_path / 'home')
+    assert pushed.returncode == 2
+    task = chunk.relative_to(store).parts[0]
+    assert f'not pushed, 1 problem(s) found by verify: {task}[1]: chunk params/c/1/' in pushed.stderr
+    assert hub.requests == [] and hub.repos == {}
+
+
+def test_download_fetches_published_files_over_http_once(hub, tmp_path, monkeypatch):
+    folder = tmp_path / 'published'
+    arrays = write_published(folder, 'fm-16', 2, 10)
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    hub.repos[REPO_ID] = Repo(files=files, lfs=set(files), branches={'main', REVISION})
+    monkeypatch.setattr('pipeline.hub.shutil.disk_usage', lambda p: shutil._ntuple_diskusage(1, 1, 10**12))
+    paths = download(['fm-16'], tmp_path / 'cache', endpoint=hub.endpoint)['fm-16']
+    assert {p.name: p.read_bytes() for p in paths} == files
+    assert np.array_equal(np.fromfile(paths[0], np.float16).view(np.uint16), arrays['fm-16.dat'].view(np.uint16).ravel())
+    assert missing_bytes(['fm-16'], tmp_path / 'cache') == 0
+    hub.requests.clear()
+    assert download(['fm-16'], tmp_path / 'cache', endpoint=hub.endpoint)['fm-16'] == paths
+    assert not any(method == 'GET' for method, _ in hub.requests)  # cached: only metadata requests
