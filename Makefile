@@ -17,6 +17,7 @@ quickstart: install
 	$(PY) -m jobs.quickstart
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 test-all: install

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import fm16_store, gpt2_store
+
 from pipeline.loader import WindowConfig, WindowStream, window_loader
 
 

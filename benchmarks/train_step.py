@@ -13,8 +13,8 @@ import argparse
 import time
 
 import torch
-
 from common import fm16_store, gpt2_store
+
 from nino.model import NiNoConfig, build_nowcaster
 from nino.training import forward, masked_l1
 from pipeline.loader import WindowConfig, WindowStream

@@ -28,7 +28,6 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from .codecs import TimeDeltaCodec
 from .hub import HUB_PREFIX, HubStore, HubUnavailableError, parse_hub_url
-
 from .manifest import Manifest
 from .tasks import TaskSpec
 

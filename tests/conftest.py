@@ -58,7 +58,7 @@ def write_store(path: Path, entries: list[dict]) -> Path:
     for spec in load_tasks({'tasks': entries}):
         group = store.ensure_group(spec, param_shapes(build_model(spec.arch)), list(METRICS))
         for i in range(spec.trajectories):
-            traj = record_trajectory(spec, i, sink=lambda s, b, i=i: group.write_states(i, s, b),
+            traj = record_trajectory(spec, i, sink=lambda s, b, i=i, g=group: g.write_states(i, s, b),
                                      chunk_states=group.chunk_states)
             group.write_metrics(i, traj.metrics)
             manifest.upsert(dict(task=spec.name, index=i, status='done', seed=traj.seed, lr=traj.lr,
@@ -88,7 +88,7 @@ def write_published(folder: Path, name: str, n_traj: int, n_states: int, seed: i
     folder.mkdir(parents=True, exist_ok=True)
     per_part = n_traj // task.parts
     arrays = {}
-    for p, filename in enumerate(task.part_files()):
+    for filename in task.part_files():
         mm = np.memmap(folder / filename, dtype=np.float16, mode='w+', shape=(per_part, n_states, task.n_params))
         for t in range(per_part):
             x = rng.normal(0, 0.05, task.n_params).astype(np.float32)

@@ -83,7 +83,8 @@ def test_download_fetches_published_files_over_http_once(hub, tmp_path, monkeypa
     monkeypatch.setattr('pipeline.hub.shutil.disk_usage', lambda p: shutil._ntuple_diskusage(1, 1, 10**12))
     paths = download(['fm-16'], tmp_path / 'cache', endpoint=hub.endpoint)['fm-16']
     assert {p.name: p.read_bytes() for p in paths} == files
-    assert np.array_equal(np.fromfile(paths[0], np.float16).view(np.uint16), arrays['fm-16.dat'].view(np.uint16).ravel())
+    on_disk = np.fromfile(paths[0], np.float16).reshape(arrays['fm-16.dat'].shape)
+    assert np.array_equal(on_disk.view(np.uint16), arrays['fm-16.dat'].view(np.uint16))
     assert missing_bytes(['fm-16'], tmp_path / 'cache') == 0
     hub.requests.clear()
     assert download(['fm-16'], tmp_path / 'cache', endpoint=hub.endpoint)['fm-16'] == paths

@@ -162,7 +162,7 @@ def test_sigkill_during_a_checkpoint_write_resumes_bit_for_bit(small_store, tmp_
     full, broken = tmp_path / 'full', tmp_path / 'broken'
     subprocess.run(_cmd(config, small_store, full), cwd=ROOT, check=True, capture_output=True)
     caught = None
-    for attempt in range(5):  # the write window is short: try until a kill lands inside one
+    for _ in range(5):  # the write window is short: try until a kill lands inside one
         shutil.rmtree(broken, ignore_errors=True)
         proc = subprocess.Popen(_cmd(config, small_store, broken), cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
