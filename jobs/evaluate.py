@@ -4,7 +4,9 @@
 For every (task, seed, method) one Ray task trains the task from that seed: with the base
 optimizer alone ('adam'), with each nowcaster checkpoint (named after its file), and with the
 linear-extrapolation baseline ('linear'); same initial weights and batches for all methods.
-Each finished run is saved under OUT/runs/ and skipped by a rerun. Outputs in OUT: curves.json,
+Each finished run is saved under OUT/runs/ and skipped by a rerun; its file name carries a digest of
+the task spec, the period and the checkpoint's bytes, so a changed config or a retrained checkpoint
+is run again rather than read stale. `--period N` overrides every task's period. Outputs in OUT: curves.json,
 curves.csv, summary.md (the speedup table), speedups.csv, curves_<task>.png, speedup.png.
 
 The config lists tasks (task-spec entries, as in collection configs) with a `target` value per
@@ -23,6 +25,7 @@ task and an optional `period` (steps between nowcasts, default 1000), e.g.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -60,6 +63,14 @@ def load_eval_config(path: str | Path) -> tuple[dict[str, Any], list[tuple[TaskS
     return cfg, out
 
 
+def run_file(spec: TaskSpec, period: int, seed: int, method: str, ckpt: str | None) -> str:
+    """File name of one finished run: readable prefix and a digest of everything that defines the run."""
+    key = hashlib.sha256(json.dumps([spec.to_dict(), period], sort_keys=True).encode())
+    if ckpt is not None:
+        key.update(Path(ckpt).read_bytes())
+    return f'{spec.name}-s{seed}-{method}-{key.hexdigest()[:10]}.json'
+
+
 def _run(spec_dict: dict, seed: int, method: str, ckpt: str | None, period: int) -> dict:
     spec = TaskSpec.from_dict(spec_dict)
     nowcaster = method_nowcaster(method, ckpt)
@@ -71,9 +82,11 @@ _run_remote = ray.remote(num_cpus=1, max_retries=2)(_run)
 
 def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | None = None,
              tasks: list[str] | None = None, address: str | None = None, baselines: bool = True,
-             progress: bool = True) -> tuple[list[Curve], str]:
+             progress: bool = True, period: int | None = None) -> tuple[list[Curve], str]:
     """Run (or finish) the evaluation grid; write outputs; return the curves and the table."""
     cfg, task_list = load_eval_config(config)
+    if period is not None:
+        task_list = [(spec, period, target) for spec, _, target in task_list]
     if tasks:
         known = [s.name for s, _, _ in task_list]
         missing = sorted(set(tasks) - set(known))
@@ -95,23 +108,23 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
     out = Path(out)
     runs = out / 'runs'
     runs.mkdir(parents=True, exist_ok=True)
-    grid = [(spec, period, seed, m) for spec, period, _ in task_list for seed in range(seeds) for m in methods]
-    todo = [g for g in grid if not (runs / f'{g[0].name}-s{g[2]}-{g[3]}.json').exists()]
+    grid = [(spec, period, seed, m, run_file(spec, period, seed, m, methods[m]))
+            for spec, period, _ in task_list for seed in range(seeds) for m in methods]
+    todo = [g for g in grid if not (runs / g[4]).exists()]
     if todo:
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, logging_level='WARNING')
-        pending = {_run_remote.remote(spec.to_dict(), 1000 + seed, m, methods[m], period): (spec, seed, m)
-                   for spec, period, seed, m in todo}
+        pending = {_run_remote.remote(spec.to_dict(), 1000 + seed, m, methods[m], period): name
+                   for spec, period, seed, m, name in todo}
         with tqdm(total=len(grid), initial=len(grid) - len(todo), desc='evaluation runs', disable=not progress) as bar:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
-                spec, seed, m = pending.pop(ready[0])
-                curve = ray.get(ready[0])
-                tmp = runs / f'.{spec.name}-s{seed}-{m}.json.tmp'
-                tmp.write_text(json.dumps(curve))
-                os.replace(tmp, runs / f'{spec.name}-s{seed}-{m}.json')
+                name = pending.pop(ready[0])
+                tmp = runs / f'.{name}.tmp'
+                tmp.write_text(json.dumps(ray.get(ready[0])))
+                os.replace(tmp, runs / name)
                 bar.update(1)
-    curves = [load_curve(runs / f'{spec.name}-s{seed}-{m}.json') for spec, _, seed, m in grid]
+    curves = [load_curve(runs / name) for *_, name in grid]
     targets = {spec.name: target for spec, _, target in task_list}
     metrics = {spec.name: metric_of(spec) for spec, _, _ in task_list}
     rows = speedups(curves, targets)
@@ -131,11 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--out', required=True, help='output folder')
     parser.add_argument('--address', default=None, help='Ray cluster address (default: local)')
     parser.add_argument('--no-baselines', action='store_true', help='skip the linear-extrapolation baseline')
+    parser.add_argument('--period', type=int, default=None, help="steps between nowcasts for every task "
+                                                                 "(default: each task's 'period')")
     args = parser.parse_args(argv)
     try:
         _, table = evaluate(args.config, args.out, [c for c in args.nino.split(',') if c], args.seeds,
                             args.tasks.split(',') if args.tasks else None,
-                            args.address or os.environ.get('RAY_ADDRESS'), not args.no_baselines)
+                            args.address or os.environ.get('RAY_ADDRESS'), not args.no_baselines,
+                            period=args.period)
     except ConfigError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

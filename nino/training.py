@@ -44,6 +44,17 @@ class TrainingDiverged(RuntimeError):
     """Training hit too many non-finite losses or gradients in a row."""
 
 
+def _number(name: str, value: Any, kind: type) -> float | int:
+    """A numeric config value; accepts strings such as '3e-3' (which YAML 1.1 leaves as text)."""
+    try:
+        number = kind(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or (kind is int and isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f'training config field {name!r} must be {kind.__name__}, got {value!r}')
+    return number
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a meta-training run (saved in every checkpoint)."""
@@ -80,6 +91,10 @@ class TrainConfig:
             raise ValueError(f'unknown training config field(s) {unknown}; known: {sorted(known)}')
         if d.get('amp', 'none') not in ('none', 'bf16', 'fp16'):
             raise ValueError(f"training config field 'amp' must be none, bf16 or fp16, got {d['amp']!r}")
+        d = dict(d)
+        for f in fields(cls):
+            if f.name in d and f.type in ('float', 'int'):
+                d[f.name] = _number(f.name, d[f.name], float if f.type == 'float' else int)
         return cls(**d)
 
     def nowcaster_config(self) -> NiNoConfig:

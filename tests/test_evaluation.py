@@ -90,13 +90,21 @@ def test_evaluate_job_writes_outputs_and_resumes(tmp_path):
         curves, table = evaluate(config, out, [str(ckpt)], progress=False)
         stamps = {p.name: p.stat().st_mtime_ns for p in (out / 'runs').iterdir()}
         again, table2 = evaluate(config, out, [str(ckpt)], progress=False)
+        assert {p.name: p.stat().st_mtime_ns for p in (out / 'runs').iterdir()} == stamps
+        other_period, _ = evaluate(config, out, [str(ckpt)], progress=False, period=25, baselines=False)
+        save_nowcaster(build_nowcaster(NiNoConfig(gnn=False, hid=8, seq_len=10)), ckpt)  # retrained
+        retrained, _ = evaluate(config, out, [str(ckpt)], progress=False, period=25, baselines=False)
     finally:
         ray.shutdown()
     assert len(curves) == 2 * 2 * 3 and table2 == table
-    assert {p.name: p.stat().st_mtime_ns for p in (out / 'runs').iterdir()} == stamps
+    assert {c.nowcast_steps[0] for c in curves if c.method == 'tiny'} == {50}
+    assert {c.nowcast_steps[0] for c in other_period if c.method == 'tiny'} == {25}  # not the stale period-50 runs
+    new = {p.name for p in (out / 'runs').iterdir()} - set(stamps)
+    assert len(new) == 2 * 2 * 2 + 2 * 2  # period 25: adam + tiny; then the retrained tiny again
+    assert [c.values for c in retrained if c.method == 'adam'] == [c.values for c in other_period if c.method == 'adam']
     assert {c.method for c in curves} == {'adam', 'tiny', 'linear'}
     with open(out / 'curves.csv') as f:
-        assert len(list(csv.DictReader(f))) == 12 * 6
+        assert len(list(csv.DictReader(f))) == 8 * 6  # the last evaluation's 8 curves (no baseline), 6 points
     for name in ('summary.md', 'speedups.csv', 'curves.json', 'curves_digits-mlp.png',
                  'curves_digits-mlp-w1.5.png', 'speedup.png'):
         assert (out / name).stat().st_size > 0

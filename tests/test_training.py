@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -185,3 +186,18 @@ def test_sigkill_during_a_checkpoint_write_resumes_bit_for_bit(small_store, tmp_
     subprocess.run(_cmd(config, small_store, broken, '--resume', 'auto'), cwd=ROOT, check=True,
                    capture_output=True)
     assert _losses(broken) == _losses(full)
+
+
+def test_set_overrides_nested_config_fields_and_names_bad_ones():
+    from jobs.train import build_config, make_parser
+    config = str(ROOT / 'jobs' / 'configs' / 'quickstart-train.yaml')
+    args = make_parser().parse_args(['--config', config, '--set', 'window.step=8', '--set', 'model.hid=16',
+                                     '--set', 'lr=1e-3', '--steps', '7'])
+    cfg = build_config(args)
+    assert (cfg.window['step'], cfg.window['seq_len'], cfg.lr, cfg.steps) == (8, 20, 1e-3, 7)
+    assert cfg.model == {'hid': 16, 'layers': 3}
+    for bad, message in [('window.step', "expected KEY=VALUE"), ('lr.x=1', "'lr' is not a mapping"),
+                         ('bogus=1', "unknown training config field(s) ['bogus']"),
+                         ('steps=2.5', "field 'steps' must be int, got 2.5")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            build_config(make_parser().parse_args(['--config', config, '--set', bad]))
