@@ -5,7 +5,7 @@
     info STORE                                               a table per task
     verify STORE                                             shapes, completeness, NaN/Inf, checksums
     stream STORE [--batches N]                               read training windows (e.g. from hf://)
-    push STORE --repo OWNER/NAME [--path-in-repo DIR]        upload a store to a hub dataset repo
+    push STORE --repo OWNER/NAME [--path-in-repo DIR]        verify, then upload a store to a hub dataset repo
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--batches', type=int, default=3)
     p.add_argument('--step', type=int, default=200)
     p.add_argument('--cache-dir', default=None)
-    p = sub.add_parser('push', help='upload a store folder to a hub dataset repository')
+    p = sub.add_parser('push', help='verify a store, then upload its folder to a hub dataset repository')
     p.add_argument('store')
     p.add_argument('--repo', required=True)
     p.add_argument('--path-in-repo', default='')
