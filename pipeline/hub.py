@@ -1,7 +1,7 @@
 """The Hugging Face hub: download the published dataset and stream stores from the hub.
 
-`download` fetches whole published files with `huggingface_hub.hf_hub_download` (resumable,
-into the hub cache) after checking there is disk space for what is still missing. `HubStore`
+`download` fetches whole published files with `huggingface_hub.hf_hub_download` (a rerun skips
+complete files) into the hub cache after checking there is disk space for what is missing. `HubStore`
 is a read-only zarr store over a dataset repository: each key is fetched on first use with
 `hf_hub_download`, so the hub cache is the local chunk cache and only the chunks a reader
 touches are downloaded; in offline mode (`HF_HUB_OFFLINE=1`) it serves what the cache holds.
@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
-from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
@@ -72,6 +72,12 @@ def download(tasks: Iterable[str], cache_dir: str | Path | None = None, repo_id:
             except LocalEntryNotFoundError as err:
                 raise HubUnavailableError(f'{repo_id}@{revision}: {filename} is not in the local hub cache and '
                                           f'the hub cannot be reached ({err.__class__.__name__})') from None
+            except EntryNotFoundError:
+                raise HubUnavailableError(f'{repo_id}@{revision} has no file {filename}') from None
+            except HfHubHTTPError as err:
+                status = getattr(err.response, 'status_code', None)
+                raise HubUnavailableError(f'{repo_id}@{revision}: downloading {filename} failed (HTTP {status}); '
+                                          f'rerun: files already complete are kept') from None
     return paths
 
 

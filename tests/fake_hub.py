@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import re
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +44,9 @@ class FakeHub:
         self.blobs: dict[str, bytes] = {}  # LFS objects by sha256
         self.requests: list[tuple[str, str]] = []
         self.reject_commits = 0  # refuse this many commits (an upload interrupted before its commit)
+        # Faults for the next file GETs, in order: N drops the connection after N bytes, 'error' answers 503.
+        self.get_faults: list[int | str] = []
+        self.ranges: list[str] = []  # the Range header of every file GET ('' when absent)
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(('127.0.0.1', 0), _handler(self))
         self.endpoint = f'http://127.0.0.1:{self.server.server_address[1]}'
@@ -195,11 +199,30 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                        'Accept-Ranges': 'bytes'}
             if m['file'] in repo.lfs:
                 headers.update({'X-Linked-Etag': headers['ETag'], 'X-Linked-Size': str(len(data))})
+            if not head:
+                hub.ranges.append(self.headers.get('Range', ''))
+                fault = hub.get_faults.pop(0) if hub.get_faults else None
+                if fault == 'error':
+                    return self.error(503, 'ServiceUnavailable', 'fault injected by the test')
+                if isinstance(fault, int):
+                    return self.send_truncated(data, fault, headers)
             status = 200
             if r := re.fullmatch(r'bytes=(\d+)-(\d*)', self.headers.get('Range', '')):
                 start, end = int(r[1]), int(r[2] or len(data) - 1)
                 headers['Content-Range'] = f'bytes {start}-{end}/{len(data)}'
                 data, status = data[start:end + 1], 206
             self.reply(status, data, headers, head)
+
+        def send_truncated(self, data: bytes, n: int, headers: dict[str, str]) -> None:
+            """Announce the whole file, send its first n bytes, then drop the connection."""
+            self.send_response(200)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header('Content-Length', str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[:n])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     return Handler

@@ -9,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import huggingface_hub.constants
 import numpy as np
 import pytest
 
-from pipeline.hub import download, missing_bytes
+from pipeline.hub import HubUnavailableError, download, missing_bytes
 from pipeline.published import REPO_ID, REVISION
 from tests.conftest import write_published
 from tests.fake_hub import FakeHub, Repo
@@ -75,12 +76,19 @@ def test_push_refuses_a_damaged_store_and_uploads_nothing(small_store, hub, tmp_
     assert hub.requests == [] and hub.repos == {}
 
 
-def test_download_fetches_published_files_over_http_once(hub, tmp_path, monkeypatch):
-    folder = tmp_path / 'published'
-    arrays = write_published(folder, 'fm-16', 2, 10)
-    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+@pytest.fixture
+def published_hub(hub, tmp_path, monkeypatch):
+    """The hub serving fm-16 files in the published layout (11.5 MB); returns (hub, written arrays)."""
+    arrays = write_published(tmp_path / 'published', 'fm-16', 2, 200)
+    files = {p.name: p.read_bytes() for p in (tmp_path / 'published').iterdir()}
     hub.repos[REPO_ID] = Repo(files=files, lfs=set(files), branches={'main', REVISION})
     monkeypatch.setattr('pipeline.hub.shutil.disk_usage', lambda p: shutil._ntuple_diskusage(1, 1, 10**12))
+    return hub, arrays
+
+
+def test_download_fetches_published_files_over_http_once(published_hub, tmp_path):
+    hub, arrays = published_hub
+    files = hub.repos[REPO_ID].files
     paths = download(['fm-16'], tmp_path / 'cache', endpoint=hub.endpoint)['fm-16']
     assert {p.name: p.read_bytes() for p in paths} == files
     on_disk = np.fromfile(paths[0], np.float16).reshape(arrays['fm-16.dat'].shape)
@@ -89,3 +97,22 @@ def test_download_fetches_published_files_over_http_once(hub, tmp_path, monkeypa
     hub.requests.clear()
     assert download(['fm-16'], tmp_path / 'cache', endpoint=hub.endpoint)['fm-16'] == paths
     assert not any(method == 'GET' for method, _ in hub.requests)  # cached: only metadata requests
+
+
+def test_download_resumes_a_dropped_connection_and_a_failed_call_is_rerun_cleanly(published_hub, tmp_path):
+    hub, _ = published_hub
+    files = hub.repos[REPO_ID].files
+    received = huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE  # the client keeps whole chunks only
+    hub.get_faults = [received]  # the connection drops after one chunk
+    paths = download(['fm-16'], tmp_path / 'cache', endpoint=hub.endpoint)['fm-16']
+    assert hub.ranges[:2] == ['', f'bytes={received}-']  # the same call asked only for the rest
+    assert {p.name: p.read_bytes() for p in paths} == files
+
+    hub.ranges.clear()
+    hub.get_faults = [received, 'error']  # ... and the hub fails the retry: the call gives up
+    with pytest.raises(HubUnavailableError, match=r'downloading fm-16\.dat failed \(HTTP 503\); rerun'):
+        download(['fm-16'], tmp_path / 'cache2', endpoint=hub.endpoint)
+    assert not [p for p in (tmp_path / 'cache2').rglob('blobs/*') if not p.name.endswith('.lock')]  # no torn file
+    paths = download(['fm-16'], tmp_path / 'cache2', endpoint=hub.endpoint)['fm-16']
+    assert hub.ranges[2] == ''  # huggingface_hub >= 1 keeps no partial file between calls: the file starts over
+    assert {p.name: p.read_bytes() for p in paths} == files
