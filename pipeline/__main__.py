@@ -1,6 +1,6 @@
 """`python -m pipeline COMMAND`: the published dataset and store maintenance.
 
-    download --tasks fm-16,lm1b-3-24 [--cache-dir DIR]      fetch published files (a rerun skips complete files)
+    download --tasks fm-16,lm1b-3-24 [--cache-dir DIR]      fetch published files (resumable)
     convert --tasks fm-16 --source DIR|hub --store STORE     published memmaps -> trajectory store
     info STORE                                               a table per task
     verify STORE                                             shapes, completeness, NaN/Inf, checksums

@@ -1,7 +1,7 @@
 """The Hugging Face hub: download the published dataset and stream stores from the hub.
 
-`download` fetches whole published files with `huggingface_hub.hf_hub_download` (a rerun skips
-complete files) into the hub cache after checking there is disk space for what is missing. `HubStore`
+`download` fetches whole published files into the hub cache after checking there is disk space
+for what is missing; an interrupted file resumes from its partial blob on the next call. `HubStore`
 is a read-only zarr store over a dataset repository: each key is fetched on first use with
 `hf_hub_download`, so the hub cache is the local chunk cache and only the chunks a reader
 touches are downloaded; in offline mode (`HF_HUB_OFFLINE=1`) it serves what the cache holds.
@@ -17,8 +17,12 @@ import shutil
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
-from huggingface_hub import hf_hub_download, try_to_load_from_cache
+import httpx2 as httpx
+from filelock import FileLock
+from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub.file_download import http_get, repo_folder_name
+from huggingface_hub.utils import build_hf_headers
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
@@ -52,11 +56,12 @@ def download(tasks: Iterable[str], cache_dir: str | Path | None = None, repo_id:
              revision: str = REVISION, endpoint: str | None = None) -> dict[str, list[Path]]:
     """Fetch the published files of some tasks into the hub cache; returns their local paths.
 
-    `endpoint` is another hub (a mirror); by default `HF_ENDPOINT` or huggingface.co.
+    A rerun after a failed or killed call skips complete files and resumes the one in flight
+    from its partial blob. `endpoint` is another hub (a mirror); by default `HF_ENDPOINT`.
     """
     tasks = list(tasks)
     need = missing_bytes(tasks, cache_dir, repo_id, revision)
-    where = Path(cache_dir) if cache_dir else Path(os.environ.get('HF_HUB_CACHE', Path.home() / '.cache'))
+    where = Path(cache_dir or constants.HF_HUB_CACHE)
     where.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(where).free
     if need > free:
@@ -67,6 +72,8 @@ def download(tasks: Iterable[str], cache_dir: str | Path | None = None, repo_id:
         paths[name] = []
         for filename in published_task(name).files():
             try:
+                if not constants.HF_HUB_OFFLINE:
+                    fetch_blob(repo_id, filename, revision, where, endpoint)
                 paths[name].append(Path(hf_hub_download(repo_id, filename, repo_type='dataset', revision=revision,
                                                         cache_dir=cache_dir, endpoint=endpoint)))
             except LocalEntryNotFoundError as err:
@@ -74,11 +81,35 @@ def download(tasks: Iterable[str], cache_dir: str | Path | None = None, repo_id:
                                           f'the hub cannot be reached ({err.__class__.__name__})') from None
             except EntryNotFoundError:
                 raise HubUnavailableError(f'{repo_id}@{revision} has no file {filename}') from None
-            except HfHubHTTPError as err:
-                status = getattr(err.response, 'status_code', None)
-                raise HubUnavailableError(f'{repo_id}@{revision}: downloading {filename} failed (HTTP {status}); '
-                                          f'rerun: files already complete are kept') from None
+            except (HfHubHTTPError, httpx.TransportError) as err:
+                status = getattr(getattr(err, 'response', None), 'status_code', type(err).__name__)
+                raise HubUnavailableError(f'{repo_id}@{revision}: downloading {filename} failed ({status}); '
+                                          f'rerun to resume it') from None
     return paths
+
+
+def fetch_blob(repo_id: str, filename: str, revision: str, cache_dir: Path, endpoint: str | None = None) -> None:
+    """Download one file's blob into the hub cache, resuming from `blobs/<etag>.part` if an earlier call left one.
+
+    (`hf_hub_download` keeps no partial file between calls; once the blob is complete it only links it into the
+    snapshot, so the cache layout stays huggingface_hub's own.)
+    """
+    url = hf_hub_url(repo_id, filename, repo_type='dataset', revision=revision, endpoint=endpoint)
+    meta = get_hf_file_metadata(url, endpoint=endpoint)
+    if meta.etag is None:
+        return  # let hf_hub_download report it
+    blob = cache_dir / repo_folder_name(repo_id=repo_id, repo_type='dataset') / 'blobs' / meta.etag
+    if blob.exists():
+        return
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    part = blob.with_name(f'{blob.name}.part')
+    with FileLock(f'{part}.lock'), open(part, 'ab') as f:
+        if blob.exists():  # another process finished it while this one waited
+            return
+        http_get(meta.location, f, resume_size=f.tell(), expected_size=meta.size, headers=build_hf_headers(),
+                 displayed_filename=filename)
+        f.close()
+        os.replace(part, blob)
 
 
 def _read(path: Path, byte_range: ByteRequest | None) -> bytes:
