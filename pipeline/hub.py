@@ -72,7 +72,9 @@ def download(tasks: Iterable[str], cache_dir: str | Path | None = None, repo_id:
         paths[name] = []
         for filename in published_task(name).files():
             try:
-                if not constants.HF_HUB_OFFLINE:
+                cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision,
+                                                repo_type='dataset')
+                if not isinstance(cached, str) and not constants.HF_HUB_OFFLINE:
                     fetch_blob(repo_id, filename, revision, where, endpoint)
                 paths[name].append(Path(hf_hub_download(repo_id, filename, repo_type='dataset', revision=revision,
                                                         cache_dir=cache_dir, endpoint=endpoint)))

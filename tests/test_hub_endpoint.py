@@ -97,6 +97,8 @@ def test_download_fetches_published_files_over_http_once(published_hub, tmp_path
     hub.requests.clear()
     assert download(['fm-16'], tmp_path / 'cache', endpoint=hub.endpoint)['fm-16'] == paths
     assert not any(method == 'GET' for method, _ in hub.requests)  # cached: only metadata requests
+    unreachable = 'http://127.0.0.1:9'  # discard port: nothing listens
+    assert download(['fm-16'], tmp_path / 'cache', endpoint=unreachable)['fm-16'] == paths  # served from the cache
 
 
 def test_download_resumes_after_a_dropped_connection_and_after_a_failed_call(published_hub, tmp_path):
