@@ -63,11 +63,9 @@ def load_eval_config(path: str | Path) -> tuple[dict[str, Any], list[tuple[TaskS
     return cfg, out
 
 
-def run_file(spec: TaskSpec, period: int, seed: int, method: str, ckpt: str | None) -> str:
+def run_file(spec: TaskSpec, period: int, seed: int, method: str, ckpt_digest: str) -> str:
     """File name of one finished run: readable prefix and a digest of everything that defines the run."""
-    key = hashlib.sha256(json.dumps([spec.to_dict(), period], sort_keys=True).encode())
-    if ckpt is not None:
-        key.update(Path(ckpt).read_bytes())
+    key = hashlib.sha256(json.dumps([spec.to_dict(), period, ckpt_digest], sort_keys=True).encode())
     return f'{spec.name}-s{seed}-{method}-{key.hexdigest()[:10]}.json'
 
 
@@ -108,7 +106,8 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
     out = Path(out)
     runs = out / 'runs'
     runs.mkdir(parents=True, exist_ok=True)
-    grid = [(spec, period, seed, m, run_file(spec, period, seed, m, methods[m]))
+    digests = {m: hashlib.sha256(Path(c).read_bytes()).hexdigest() if c else '' for m, c in methods.items()}
+    grid = [(spec, period, seed, m, run_file(spec, period, seed, m, digests[m]))
             for spec, period, _ in task_list for seed in range(seeds) for m in methods]
     todo = [g for g in grid if not (runs / g[4]).exists()]
     if todo:
