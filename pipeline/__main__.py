@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             print(info_table(store))
             return 0
         if args.command == 'verify':
-            checked, problems = verify_store(store)
+            checked, problems = verify_store(store, progress=True)
             for problem in problems:
                 print(f'BAD {problem}')
             print(f'{checked} trajectories checked, {len(problems)} problem(s)')

@@ -25,7 +25,7 @@ def push(store_dir: str | Path, repo_id: str, path_in_repo: str = '', revision: 
     `StoreError` naming the problems, and nothing is uploaded.
     """
     store = TrajectoryStore(store_dir, mode='r')
-    checked, problems = verify_store(store)
+    checked, problems = verify_store(store, progress=True)
     if problems:
         listed = '; '.join(str(p) for p in problems[:5]) + (' ...' if len(problems) > 5 else '')
         raise StoreError(f'{store_dir}: not pushed, {len(problems)} problem(s) found by verify: {listed}')

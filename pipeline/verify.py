@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from .store import TrajectoryStore
 
@@ -21,11 +22,13 @@ class Problem:
         return f'{where}: {self.message}'
 
 
-def verify_store(store: TrajectoryStore) -> tuple[int, list[Problem]]:
-    """(trajectories checked, problems found)."""
+def verify_store(store: TrajectoryStore, progress: bool = False) -> tuple[int, list[Problem]]:
+    """(trajectories checked, problems found); `progress` shows a bar over the trajectories."""
     manifest = store.manifest()
     problems: list[Problem] = []
     checked = 0
+    bar = tqdm(total=sum(store.group(n).spec.trajectories for n in store.task_names()), unit='traj',
+               desc='verify', disable=not progress)
     for name in store.task_names():
         group = store.group(name)
         spec = group.spec
@@ -33,9 +36,11 @@ def verify_store(store: TrajectoryStore) -> tuple[int, list[Problem]]:
         want = (spec.trajectories, spec.num_states, n_params)
         if group.params.shape != want:
             problems.append(Problem(name, None, f'params has shape {group.params.shape}, spec says {want}'))
+            bar.update(spec.trajectories)
             continue
         cs = group.chunk_states
         for i in range(spec.trajectories):
+            bar.update(1)
             row = manifest.rows.get((name, i))
             if row is None or row['status'] != 'done':
                 status = 'missing from the manifest' if row is None else f"status '{row['status']}'"
@@ -60,6 +65,7 @@ def verify_store(store: TrajectoryStore) -> tuple[int, list[Problem]]:
                     bad = 'checksum does not match the manifest (data changed after it was written)'
             if bad is not None:
                 problems.append(Problem(name, i, bad))
+    bar.close()
     for task, i in sorted(manifest.done()):
         if task not in store.task_names():
             problems.append(Problem(task, i, 'in the manifest but the store has no such task group'))
