@@ -71,7 +71,7 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
               lr: float | None = None) -> Curve:
     """Train `spec` from `seed` for `spec.steps` steps with the method; evaluate every `eval_every`."""
     start = time.time()
-    data = load_dataset(spec.dataset)
+    data = load_dataset(spec.dataset, spec.arch.get('vocab_size'))
     metric = metric_of(spec)
     lr = spec.lr[0] if lr is None else lr
     with torch_threads(spec.threads):

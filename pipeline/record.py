@@ -98,7 +98,7 @@ def record_trajectory(spec: TaskSpec, index: int, sink: ChunkSink | None = None,
     """
     start = time.time()
     seed, lr = spec.trajectory_seed(index), spec.trajectory_lr(index)
-    data = load_dataset(spec.dataset)
+    data = load_dataset(spec.dataset, spec.arch.get('vocab_size'))
     n_states = spec.num_states
     metrics = np.full((n_states, len(METRICS)), np.nan, dtype=np.float32)
     steps = np.arange(n_states, dtype=np.int64) * spec.record_every

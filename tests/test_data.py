@@ -14,7 +14,7 @@ import torch
 from pipeline.data import ChecksumError, download_dataset, download_file, load_dataset, read_idx
 from pipeline.data.cifar import load_cifar
 from pipeline.data.download import SOURCES
-from tests.conftest import SHARED
+from tests.conftest import SHARED, TEXT, fake_hub_cache, require
 
 
 def _write_idx(path, array: np.ndarray, gz: bool = False) -> None:
@@ -113,3 +113,56 @@ def test_download_dataset_unpacks_archives(tmp_path, monkeypatch):
     monkeypatch.setitem(SOURCES, 'cifar10', ('unused', {'cifar-10-python.tar.gz': md5}))
     root = download_dataset('cifar10', tmp_path / 'data', mirror=tmp_path.as_uri())
     assert load_cifar(root, 'cifar10', 'test')[0].shape == (2, 3, 32, 32)
+
+
+@pytest.fixture(scope='module')
+def bpe_folder(tmp_path_factory):
+    """A 300-token byte-level BPE trained on tiny-shakespeare, saved in GPT-2's file format."""
+    from tokenizers import ByteLevelBPETokenizer
+    folder = tmp_path_factory.mktemp('bpe')
+    bpe = ByteLevelBPETokenizer()
+    bpe.train([str(require(TEXT))], vocab_size=300, special_tokens=['<|endoftext|>'], show_progress=False)
+    bpe.save_model(str(folder))
+    return folder
+
+
+def test_bpe_tokenizer_from_a_folder_round_trips_the_corpus(bpe_folder):
+    from pipeline.data.text import load_bpe
+    data = load_dataset({'name': 'text', 'path': str(TEXT), 'tokenizer': str(bpe_folder), 'context': 32}, 300)
+    tokens = torch.cat([data.train, data.val])
+    assert data.vocab_size == 300 and int(tokens.max()) < 300
+    assert len(tokens) < 0.8 * TEXT.stat().st_size  # merges make it shorter than bytes
+    assert load_bpe(str(bpe_folder)).decode(tokens.tolist()) == TEXT.read_text(encoding='utf-8')
+    cfg = {'name': 'text', 'path': str(TEXT), 'tokenizer': str(bpe_folder), 'context': 32}
+    message = r"300 tokens but the model's arch.vocab_size is 256: set arch.vocab_size to 300"
+    with pytest.raises(ValueError, match=message):
+        load_dataset(cfg, 256)
+    with pytest.raises(FileNotFoundError, match=r"lacks vocab.json and merges.txt \(GPT-2 BPE format\)"):
+        load_dataset({'name': 'text', 'path': str(TEXT), 'tokenizer': str(bpe_folder / 'nope')})
+
+
+def test_gpt2_tokenizer_comes_through_the_hub_cache(bpe_folder, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from pipeline.data.text import GPT2_REPO, load_text_tokens
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'hub'))
+    with pytest.raises(FileNotFoundError, match='not in the hub cache and the hub cannot be reached'):
+        load_text_tokens(TEXT, 'gpt2')
+    fake_hub_cache(tmp_path / 'hub', GPT2_REPO, 'main', {n: bpe_folder / n for n in ('vocab.json', 'merges.txt')},
+                   repo_type='model')
+    tokens, vocab = load_text_tokens(TEXT, 'gpt2')
+    assert vocab == 300 and torch.equal(tokens, load_text_tokens(TEXT, str(bpe_folder))[0])
+
+
+def test_a_gpt2_trajectory_records_with_a_bpe_vocabulary(bpe_folder):
+    from pipeline.record import record_trajectory
+    from pipeline.tasks import load_tasks
+    spec, = load_tasks({'tasks': [{'preset': 'lm-3-24', 'arch': {'vocab_size': 300}, 'steps': 8, 'record_every': 4,
+                                   'eval_every': 8, 'batch_size': 4, 'trajectories': 1,
+                                   'dataset': {'path': str(TEXT), 'tokenizer': str(bpe_folder), 'context': 16}}]})
+    traj = record_trajectory(spec, 0)
+    wte = 300 * 24
+    assert traj.params.shape[0] == 3 and np.isfinite(traj.params).all()
+    assert not np.array_equal(traj.params[0, :wte], traj.params[-1, :wte])  # the embedding trains
+    assert np.isfinite(traj.metrics[-1]).all()

@@ -22,7 +22,7 @@ from pipeline.loader import WindowConfig, WindowStream
 from pipeline.published import REPO_ID, REVISION, published_task
 from pipeline.store import TrajectoryStore
 from pipeline.verify import verify_store
-from tests.conftest import write_published
+from tests.conftest import fake_hub_cache, write_published
 
 ray = pytest.importorskip('ray')
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,26 +91,13 @@ def test_converted_store_keeps_the_published_window_semantics(published, convert
     assert (lm.pos_w[:1000] > 0).all() and int(lm.pos_w.max()) <= 50257
 
 
-def _fake_hub_cache(cache: Path, repo_id: str, revision: str, files: dict[str, Path]) -> Path:
-    """The hub cache layout huggingface_hub reads offline: refs/<revision> -> snapshots/<commit>/<files>."""
-    repo = cache / f"datasets--{repo_id.replace('/', '--')}"
-    commit = 'a' * 40
-    (repo / 'refs').mkdir(parents=True, exist_ok=True)
-    (repo / 'refs' / revision).write_text(commit)
-    for name, src in files.items():
-        dest = repo / 'snapshots' / commit / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
-    return repo / 'snapshots' / commit
-
-
 def test_download_and_convert_through_the_offline_hub_cache(published, local_ray, tmp_path, monkeypatch):
     import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
     folder, arrays = published
     task = published_task('fm-16')
     cache = tmp_path / 'hub'
-    _fake_hub_cache(cache, REPO_ID, REVISION, {f: folder / f for f in task.files()})
+    fake_hub_cache(cache, REPO_ID, REVISION, {f: folder / f for f in task.files()})
     assert missing_bytes(['fm-16'], cache) == 0
     assert missing_bytes(['lm1b-3-24'], cache) == published_task('lm1b-3-24').nbytes()
     paths = download(['fm-16'], cache)['fm-16']
@@ -135,7 +122,7 @@ def test_stream_a_store_from_the_hub_cache_reading_only_needed_chunks(converted,
     cache = tmp_path / 'hub'
     files = {f'store/{p.relative_to(converted)}': p for p in converted.rglob('*') if p.is_file()}
     partial = {k: v for k, v in files.items() if '/params/c/1/' not in k}  # trajectory 1's chunks not cached
-    _fake_hub_cache(cache, 'me/nino-store', 'main', partial)
+    fake_hub_cache(cache, 'me/nino-store', 'main', partial)
     url = 'hf://datasets/me/nino-store@main/store'
     store = TrajectoryStore(url, {'cache_dir': str(cache)}, mode='r')
     assert store.task_names() == ['fm-16', 'lm1b-3-24']

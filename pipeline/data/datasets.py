@@ -3,7 +3,7 @@
     {name: fashion-mnist | mnist, root: DIR, val_size: N}   IDX files (train/t10k pair, or one
                                                             images/labels pair split into train/val)
     {name: cifar10 | cifar100, root: DIR}                    CIFAR python batches
-    {name: text, path: FILE, tokenizer: bytes, context: 64, val_fraction: 0.1}
+    {name: text, path: FILE, tokenizer: bytes|gpt2|DIR, context: 64, val_fraction: 0.1}  (see text.py)
     {name: digits, val_size: 297}                            scikit-learn's bundled 8x8 digits
 """
 
@@ -44,6 +44,7 @@ class TokenData:
     train: Tensor
     val: Tensor
     context: int
+    vocab_size: int  # the tokenizer's
     max_val_windows: int = 256
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -101,9 +102,9 @@ def _digits(cfg: dict[str, Any]) -> ClassificationData:
 
 
 def _text(cfg: dict[str, Any]) -> TokenData:
-    tokens = load_text_tokens(cfg['path'], cfg.get('tokenizer', 'bytes'))
+    tokens, vocab_size = load_text_tokens(cfg['path'], cfg.get('tokenizer', 'bytes'))
     n_val = int(len(tokens) * float(cfg.get('val_fraction', 0.1)))
-    return TokenData(tokens[:-n_val], tokens[-n_val:], int(cfg.get('context', 64)))
+    return TokenData(tokens[:-n_val], tokens[-n_val:], int(cfg.get('context', 64)), vocab_size)
 
 
 def _cifar(cfg: dict[str, Any]) -> ClassificationData:
@@ -115,9 +116,16 @@ _LOADERS = {'fashion-mnist': _idx, 'mnist': _idx, 'digits': _digits, 'text': _te
             'cifar10': _cifar, 'cifar100': _cifar}
 
 
-def load_dataset(cfg: dict[str, Any]) -> TaskData:
-    """Load (once per process) the dataset a task spec's `dataset` mapping names."""
-    return _load_cached(tuple(sorted((k, str(v)) for k, v in cfg.items())))
+def load_dataset(cfg: dict[str, Any], model_vocab: int | None = None) -> TaskData:
+    """Load (once per process) the dataset a task spec's `dataset` mapping names.
+
+    `model_vocab` (a language model's vocab_size) is checked against the tokenizer's vocabulary.
+    """
+    data = _load_cached(tuple(sorted((k, str(v)) for k, v in cfg.items())))
+    if isinstance(data, TokenData) and model_vocab is not None and data.vocab_size > model_vocab:
+        raise ValueError(f"tokenizer {cfg.get('tokenizer', 'bytes')!r} has {data.vocab_size} tokens but the "
+                         f"model's arch.vocab_size is {model_vocab}: set arch.vocab_size to {data.vocab_size}")
+    return data
 
 
 @lru_cache(maxsize=8)

@@ -1,4 +1,10 @@
-"""Plain-text corpora as token tensors; byte-level tokenizer (vocabulary 256)."""
+"""Plain-text corpora as token tensors.
+
+Tokenizers: `bytes` (UTF-8 bytes, vocabulary 256, needs no files), `gpt2` (GPT-2's byte-level
+BPE, vocabulary 50,257, `vocab.json` + `merges.txt` fetched once through the Hugging Face hub
+cache from `openai-community/gpt2`), or a folder holding `vocab.json` + `merges.txt` in GPT-2's
+format (e.g. a BPE trained with `tokenizers` on your own corpus).
+"""
 
 from __future__ import annotations
 
@@ -20,11 +26,42 @@ class ByteTokenizer:
         return bytes(tokens.to(torch.uint8).tolist()).decode('utf-8', errors='replace')
 
 
-def load_text_tokens(path: str | Path, tokenizer: str = 'bytes') -> torch.Tensor:
-    """Tokenize a text file (int64 tokens)."""
+GPT2_REPO = 'openai-community/gpt2'
+
+
+def bpe_files(tokenizer: str) -> tuple[Path, Path]:
+    """(vocab.json, merges.txt) of a BPE tokenizer: 'gpt2' through the hub cache, or a folder."""
+    if tokenizer == 'gpt2':
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+        try:
+            return tuple(Path(hf_hub_download(GPT2_REPO, name)) for name in ('vocab.json', 'merges.txt'))
+        except LocalEntryNotFoundError:
+            raise FileNotFoundError(f"tokenizer 'gpt2': {GPT2_REPO} vocab.json/merges.txt are not in the hub cache "
+                                    f"and the hub cannot be reached") from None
+    folder = Path(tokenizer)
+    files = folder / 'vocab.json', folder / 'merges.txt'
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"tokenizer {tokenizer!r}: not 'bytes' or 'gpt2', and {folder} lacks "
+                                f"{' and '.join(missing)} (GPT-2 BPE format)")
+    return files
+
+
+def load_bpe(tokenizer: str):
+    """A byte-level BPE tokenizer (`tokenizers.ByteLevelBPETokenizer`) in GPT-2's format."""
+    from tokenizers import ByteLevelBPETokenizer
+    vocab, merges = bpe_files(tokenizer)
+    return ByteLevelBPETokenizer.from_file(str(vocab), str(merges))
+
+
+def load_text_tokens(path: str | Path, tokenizer: str = 'bytes') -> tuple[torch.Tensor, int]:
+    """Tokenize a text file: (int64 tokens, the tokenizer's vocabulary size)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'text corpus not found: {path}')
-    if tokenizer != 'bytes':
-        raise ValueError(f"tokenizer {tokenizer!r} is not available offline; use 'bytes'")
-    return ByteTokenizer().encode(path.read_text(encoding='utf-8'))
+    text = path.read_text(encoding='utf-8')
+    if tokenizer == 'bytes':
+        return ByteTokenizer().encode(text), ByteTokenizer.vocab_size
+    bpe = load_bpe(tokenizer)
+    return torch.tensor(bpe.encode(text).ids, dtype=torch.int64), bpe.get_vocab_size()
