@@ -67,3 +67,15 @@ def test_config_file_errors_name_the_file(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match='missing.yaml'):
         load_config(tmp_path / 'missing.yaml')
+
+
+def test_relative_dataset_and_tokenizer_paths_resolve_against_the_working_directory(tmp_path, monkeypatch):
+    from pipeline.tasks import with_absolute_paths
+    monkeypatch.chdir(tmp_path)
+    entry = {'preset': 'lm-3-24', 'dataset': {'path': 'data/input.txt', 'tokenizer': 'tok'}}
+    spec = with_absolute_paths(load_tasks({'tasks': [entry]})[0])
+    assert spec.dataset['path'] == str(tmp_path / 'data' / 'input.txt')
+    assert spec.dataset['tokenizer'] == str(tmp_path / 'tok')
+    for name in ('bytes', 'gpt2'):
+        entry['dataset']['tokenizer'] = name
+        assert with_absolute_paths(load_tasks({'tasks': [entry]})[0]).dataset['tokenizer'] == name
