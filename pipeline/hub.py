@@ -105,12 +105,12 @@ def fetch_blob(repo_id: str, filename: str, revision: str, cache_dir: Path, endp
         return
     blob.parent.mkdir(parents=True, exist_ok=True)
     part = blob.with_name(f'{blob.name}.part')
-    with FileLock(f'{part}.lock'), open(part, 'ab') as f:
+    with FileLock(f'{part}.lock'):
         if blob.exists():  # another process finished it while this one waited
             return
-        http_get(meta.location, f, resume_size=f.tell(), expected_size=meta.size, headers=build_hf_headers(),
-                 displayed_filename=filename)
-        f.close()
+        with open(part, 'ab') as f:
+            http_get(meta.location, f, resume_size=f.tell(), expected_size=meta.size, headers=build_hf_headers(),
+                     displayed_filename=filename)
         os.replace(part, blob)
 
 
