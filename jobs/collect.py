@@ -21,6 +21,7 @@ from typing import Any
 import ray
 
 from nino.graph import param_shapes
+from pipeline.data import check_vocab
 from pipeline.record import METRICS, record_trajectory
 from pipeline.scheduler import run_per_trajectory
 from pipeline.store import StoreError, TrajectoryStore
@@ -50,10 +51,15 @@ def load_config(path: str | Path) -> tuple[dict[str, Any], list[TaskSpec]]:
     """Read a collection config; dataset paths are made absolute (relative to the working dir)."""
     cfg = read_config_file(path)
     try:
-        specs = load_tasks(cfg)
+        specs = [with_absolute_paths(spec) for spec in load_tasks(cfg)]
     except ConfigError as err:
         raise ConfigError(f'{path}: {err}') from None
-    return cfg, [with_absolute_paths(spec) for spec in specs]
+    for spec in specs:
+        try:
+            check_vocab(spec.dataset, spec.arch.get('vocab_size'))
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"{path}: task '{spec.name}': {err}") from None
+    return cfg, specs
 
 
 def record_into_store(store_url: str, spec_dict: dict[str, Any], index: int) -> dict[str, Any]:

@@ -117,3 +117,14 @@ def fake_hub_cache(cache: Path, repo_id: str, revision: str, files: dict[str, Pa
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
     return repo / 'snapshots' / commit
+
+
+@pytest.fixture(scope='session')
+def bpe_folder(tmp_path_factory):
+    """A 300-token byte-level BPE trained on tiny-shakespeare, saved in GPT-2's file format."""
+    from tokenizers import ByteLevelBPETokenizer
+    folder = tmp_path_factory.mktemp('bpe')
+    bpe = ByteLevelBPETokenizer()
+    bpe.train([str(require(TEXT))], vocab_size=300, special_tokens=['<|endoftext|>'], show_progress=False)
+    bpe.save_model(str(folder))
+    return folder

@@ -14,7 +14,7 @@ import torch
 from pipeline.data import ChecksumError, download_dataset, download_file, load_dataset, read_idx
 from pipeline.data.cifar import load_cifar
 from pipeline.data.download import SOURCES
-from tests.conftest import SHARED, TEXT, fake_hub_cache, require
+from tests.conftest import SHARED, TEXT, fake_hub_cache
 
 
 def _write_idx(path, array: np.ndarray, gz: bool = False) -> None:
@@ -113,17 +113,6 @@ def test_download_dataset_unpacks_archives(tmp_path, monkeypatch):
     monkeypatch.setitem(SOURCES, 'cifar10', ('unused', {'cifar-10-python.tar.gz': md5}))
     root = download_dataset('cifar10', tmp_path / 'data', mirror=tmp_path.as_uri())
     assert load_cifar(root, 'cifar10', 'test')[0].shape == (2, 3, 32, 32)
-
-
-@pytest.fixture(scope='module')
-def bpe_folder(tmp_path_factory):
-    """A 300-token byte-level BPE trained on tiny-shakespeare, saved in GPT-2's file format."""
-    from tokenizers import ByteLevelBPETokenizer
-    folder = tmp_path_factory.mktemp('bpe')
-    bpe = ByteLevelBPETokenizer()
-    bpe.train([str(require(TEXT))], vocab_size=300, special_tokens=['<|endoftext|>'], show_progress=False)
-    bpe.save_model(str(folder))
-    return folder
 
 
 def test_bpe_tokenizer_from_a_folder_round_trips_the_corpus(bpe_folder):

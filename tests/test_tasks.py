@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from jobs.collect import load_config
 from pipeline.tasks import ConfigError, TaskSpec, build_model, load_tasks
@@ -79,3 +80,23 @@ def test_relative_dataset_and_tokenizer_paths_resolve_against_the_working_direct
     for name in ('bytes', 'gpt2'):
         entry['dataset']['tokenizer'] = name
         assert with_absolute_paths(load_tasks({'tasks': [entry]})[0]).dataset['tokenizer'] == name
+
+
+def test_a_tokenizer_larger_than_the_model_vocabulary_is_named_before_any_work(tmp_path, bpe_folder):
+    from jobs.evaluate import load_eval_config
+    from tests.conftest import TEXT
+    config = tmp_path / 'lm.yaml'
+    entry = {'preset': 'lm-3-24', 'dataset': {'path': str(TEXT), 'tokenizer': str(bpe_folder)},
+             'target': {'metric': 'val_ppl', 'value': 9}}
+    config.write_text(yaml.safe_dump({'tasks': [entry]}))
+    message = r"lm.yaml: task 'lm-3-24': tokenizer '.*' has 300 tokens but the model's arch.vocab_size is 256"
+    for loader in (load_config, load_eval_config):
+        with pytest.raises(ConfigError, match=message):
+            loader(config)
+    entry['arch'] = {'vocab_size': 300}
+    config.write_text(yaml.safe_dump({'tasks': [entry]}))
+    assert load_config(config)[1][0].arch['vocab_size'] == 300
+    entry['dataset']['tokenizer'] = str(tmp_path / 'no-such-bpe')
+    config.write_text(yaml.safe_dump({'tasks': [entry]}))
+    with pytest.raises(ConfigError, match=r"lm.yaml: task 'lm-3-24': .*no-such-bpe lacks vocab.json and merges.txt"):
+        load_config(config)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .cifar import load_cifar
 from .idx import load_idx_dataset
-from .text import load_text_tokens
+from .text import load_text_tokens, tokenizer_vocab_size
 
 
 @dataclass
@@ -121,11 +121,19 @@ def load_dataset(cfg: dict[str, Any], model_vocab: int | None = None) -> TaskDat
 
     `model_vocab` (a language model's vocab_size) is checked against the tokenizer's vocabulary.
     """
-    data = _load_cached(tuple(sorted((k, str(v)) for k, v in cfg.items())))
-    if isinstance(data, TokenData) and model_vocab is not None and data.vocab_size > model_vocab:
-        raise ValueError(f"tokenizer {cfg.get('tokenizer', 'bytes')!r} has {data.vocab_size} tokens but the "
-                         f"model's arch.vocab_size is {model_vocab}: set arch.vocab_size to {data.vocab_size}")
-    return data
+    check_vocab(cfg, model_vocab)
+    return _load_cached(tuple(sorted((k, str(v)) for k, v in cfg.items())))
+
+
+def check_vocab(cfg: dict[str, Any], model_vocab: int | None) -> None:
+    """ValueError if a text dataset's tokenizer has more tokens than the model's vocab_size (cheap: no tokenizing)."""
+    if cfg.get('name') != 'text' or model_vocab is None:
+        return
+    tokenizer = cfg.get('tokenizer', 'bytes')
+    n = tokenizer_vocab_size(tokenizer)
+    if n > model_vocab:
+        raise ValueError(f"tokenizer {tokenizer!r} has {n} tokens but the model's arch.vocab_size is "
+                         f"{model_vocab}: set arch.vocab_size to {n}")
 
 
 @lru_cache(maxsize=8)

@@ -55,6 +55,11 @@ def load_bpe(tokenizer: str):
     return ByteLevelBPETokenizer.from_file(str(vocab), str(merges))
 
 
+def tokenizer_vocab_size(tokenizer: str) -> int:
+    """Vocabulary size of a tokenizer ('bytes', 'gpt2' or a BPE folder) without tokenizing anything."""
+    return ByteTokenizer.vocab_size if tokenizer == 'bytes' else load_bpe(tokenizer).get_vocab_size()
+
+
 def load_text_tokens(path: str | Path, tokenizer: str = 'bytes') -> tuple[torch.Tensor, int]:
     """Tokenize a text file: (int64 tokens, the tokenizer's vocabulary size)."""
     path = Path(path)
