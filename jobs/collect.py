@@ -23,7 +23,7 @@ import ray
 from nino.graph import param_shapes
 from pipeline.data import check_vocab
 from pipeline.record import METRICS, record_trajectory
-from pipeline.scheduler import run_per_trajectory
+from pipeline.scheduler import remaining, run_per_trajectory
 from pipeline.store import StoreError, TrajectoryStore
 from pipeline.tasks import ConfigError, TaskSpec, build_model, load_tasks, read_config_file, with_absolute_paths
 
@@ -90,20 +90,19 @@ def collect(config: str | Path, store_url: str | None = None, address: str | Non
     for spec in specs:
         store.ensure_group(spec, param_shapes(build_model(spec.arch)), list(METRICS))
     manifest = store.manifest()
-    done = manifest.done()
-    todo = [(s, i) for s in specs for i in range(s.trajectories) if (s.name, i) not in done]
-    summary = Summary(scheduled=len(todo), skipped=sum(s.trajectories for s in specs) - len(todo))
-    if not todo:
-        return summary
+    todo, skipped = remaining([(s, s.trajectories) for s in specs], manifest)
+    summary = Summary(scheduled=len(todo), skipped=skipped)
 
     def submit(item: tuple[TaskSpec, int]) -> ray.ObjectRef:
         spec, i = item
         return _record_remote.options(num_cpus=spec.threads, max_retries=retries,
                                       name=f'record:{spec.name}[{i}]').remote(store_url, spec.to_dict(), i)
 
-    run = run_per_trajectory(todo, submit, lambda item: (item[0].name, item[1]), manifest, 'trajectories',
-                             address, progress, lambda item: dict(seed=item[0].trajectory_seed(item[1]),
-                                                                  lr=item[0].trajectory_lr(item[1])))
+    def failed_fields(item: tuple[TaskSpec, int]) -> dict[str, Any]:
+        spec, i = item
+        return dict(seed=spec.trajectory_seed(i), lr=spec.trajectory_lr(i))
+
+    run = run_per_trajectory(todo, submit, manifest, 'trajectories', address, progress, failed_fields)
     summary.done, summary.failed, summary.seconds = len(run.done), run.failed, run.seconds
     return summary
 

@@ -22,7 +22,7 @@ import ray
 from nino.graph import param_shapes
 
 from .published import PublishedTask, published_task
-from .scheduler import run_per_trajectory
+from .scheduler import remaining, run_per_trajectory
 from .store import StoreError, TrajectoryStore
 from .tasks import TaskSpec, build_model
 
@@ -134,18 +134,15 @@ def convert(tasks: list[str], source: str | Path, store_url: str, shapes: dict[s
     store = TrajectoryStore(store_url)
     published = prepare(tasks, source, store, shapes)
     manifest = store.manifest()
-    done = manifest.done()
-    todo = [(t, i) for t in published for i in range(t.n_traj) if (t.name, i) not in done]
-    summary = ConvertSummary(scheduled=len(todo), skipped=sum(t.n_traj for t in published) - len(todo))
-    if not todo:
-        return summary
+    todo, skipped = remaining([(t, t.n_traj) for t in published], manifest)
+    summary = ConvertSummary(scheduled=len(todo), skipped=skipped)
+
     def submit(item: tuple[PublishedTask, int]) -> ray.ObjectRef:
         task, i = item
         return _convert_remote.options(max_retries=retries, name=f'convert:{task.name}[{i}]').remote(
             store_url, {**task.__dict__, 'metrics': list(task.metrics)}, str(source.resolve()), i)
 
-    run = run_per_trajectory(todo, submit, lambda item: (item[0].name, item[1]), manifest, 'converting',
-                             address, progress)
+    run = run_per_trajectory(todo, submit, manifest, 'converting', address, progress)
     summary.done, summary.failed, summary.seconds = len(run.done), run.failed, run.seconds
     summary.bytes_read = sum(2 * t.n_states * t.n_params for t, _ in run.done)
     return summary

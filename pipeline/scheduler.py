@@ -1,8 +1,10 @@
 """One Ray task per trajectory, each finished one recorded in the manifest as it lands.
 
-Shared by collection and conversion: the driver submits every item, waits for them in
-completion order, writes the returned manifest row (or a `failed` row with the error's first
-line) and advances a progress bar. Ray retries an item whose worker dies (`max_retries`).
+Shared by collection and conversion. An item is a (group, index) pair, the group being anything
+with a `.name` (a task spec, a published task). `remaining` lists the items the manifest does not
+mark done; the driver submits every item, waits for them in completion order, writes the returned
+manifest row (or a `failed` row with the error's first line) and advances a progress bar. Ray
+retries an item whose worker dies (`max_retries`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from tqdm import tqdm
 
 from .manifest import Manifest
 
-Item = TypeVar('Item')
+Group = TypeVar('Group')
+Item = tuple[Group, int]
 
 
 @dataclass
@@ -27,9 +30,15 @@ class RunResult:
     seconds: float = 0.0
 
 
-def run_per_trajectory(items: Sequence[Item], submit: Callable[[Item], ray.ObjectRef],
-                       key: Callable[[Item], tuple[str, int]], manifest: Manifest, desc: str,
-                       address: str | None = None, progress: bool = True,
+def remaining(groups: Sequence[tuple[Group, int]], manifest: Manifest) -> tuple[list[Item], int]:
+    """For (group, trajectory count) pairs: (the items not done yet, how many are done already)."""
+    done = manifest.done()
+    todo = [(g, i) for g, n in groups for i in range(n) if (g.name, i) not in done]
+    return todo, sum(n for _, n in groups) - len(todo)
+
+
+def run_per_trajectory(items: Sequence[Item], submit: Callable[[Item], ray.ObjectRef], manifest: Manifest,
+                       desc: str, address: str | None = None, progress: bool = True,
                        failed_fields: Callable[[Item], dict[str, Any]] | None = None) -> RunResult:
     """Run `submit(item)` for every item on Ray; manifest rows are written as results arrive."""
     result = RunResult()
@@ -43,7 +52,7 @@ def run_per_trajectory(items: Sequence[Item], submit: Callable[[Item], ray.Objec
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             item = pending.pop(ready[0])
-            task, index = key(item)
+            task, index = item[0].name, item[1]
             try:
                 row = ray.get(ready[0])
                 result.done.append(item)
