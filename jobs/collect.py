@@ -51,15 +51,20 @@ def load_config(path: str | Path) -> tuple[dict[str, Any], list[TaskSpec]]:
     """Read a collection config; dataset paths are made absolute (relative to the working dir)."""
     cfg = read_config_file(path)
     try:
-        specs = [with_absolute_paths(spec) for spec in load_tasks(cfg)]
+        specs = load_tasks(cfg)
     except ConfigError as err:
         raise ConfigError(f'{path}: {err}') from None
-    for spec in specs:
-        try:
-            check_vocab(spec.dataset, spec.arch.get('vocab_size'))
-        except (ValueError, OSError) as err:
-            raise ConfigError(f"{path}: task '{spec.name}': {err}") from None
-    return cfg, specs
+    return cfg, [prepared_spec(spec, path) for spec in specs]
+
+
+def prepared_spec(spec: TaskSpec, path: str | Path) -> TaskSpec:
+    """The spec with absolute dataset paths and its tokenizer checked against the model (errors name the file)."""
+    spec = with_absolute_paths(spec)
+    try:
+        check_vocab(spec.dataset, spec.arch.get('vocab_size'))
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"{path}: task '{spec.name}': {err}") from None
+    return spec
 
 
 def record_into_store(store_url: str, spec_dict: dict[str, Any], index: int) -> dict[str, Any]:

@@ -36,9 +36,9 @@ import ray
 from tqdm import tqdm
 
 from nino.evaluation import BASE, LINEAR, Curve, load_curve, method_nowcaster, metric_of, run_curve, speedups
-from pipeline.data import check_vocab
-from pipeline.tasks import ConfigError, TaskSpec, expand_task, read_config_file, with_absolute_paths
+from pipeline.tasks import ConfigError, TaskSpec, expand_task, read_config_file
 
+from .collect import prepared_spec
 from .report import plot_curves, plot_speedups, write_curves, write_table
 
 
@@ -60,12 +60,7 @@ def load_eval_config(path: str | Path) -> tuple[dict[str, Any], list[tuple[TaskS
         target = spec.target.get('value')
         if not isinstance(target, (int, float)):
             raise ConfigError(f"{path}: task '{spec.name}': field 'target' needs a numeric 'value'")
-        spec = with_absolute_paths(spec)
-        try:
-            check_vocab(spec.dataset, spec.arch.get('vocab_size'))
-        except (ValueError, OSError) as err:
-            raise ConfigError(f"{path}: task '{spec.name}': {err}") from None
-        out.append((spec, int(period), float(target)))
+        out.append((prepared_spec(spec, path), int(period), float(target)))
     return cfg, out
 
 
