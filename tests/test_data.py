@@ -116,10 +116,10 @@ def test_download_dataset_unpacks_archives(tmp_path, monkeypatch):
 
 
 def test_bpe_tokenizer_from_a_folder_round_trips_the_corpus(bpe_folder):
-    from pipeline.data.text import load_bpe
+    from pipeline.data.text import load_bpe, tokenizer_vocab_size
     data = load_dataset({'name': 'text', 'path': str(TEXT), 'tokenizer': str(bpe_folder), 'context': 32}, 300)
     tokens = torch.cat([data.train, data.val])
-    assert data.vocab_size == 300 and int(tokens.max()) < 300
+    assert tokenizer_vocab_size(str(bpe_folder)) == 300 and int(tokens.max()) < 300
     assert len(tokens) < 0.8 * TEXT.stat().st_size  # merges make it shorter than bytes
     assert load_bpe(str(bpe_folder)).decode(tokens.tolist()) == TEXT.read_text(encoding='utf-8')
     cfg = {'name': 'text', 'path': str(TEXT), 'tokenizer': str(bpe_folder), 'context': 32}
@@ -133,15 +133,16 @@ def test_bpe_tokenizer_from_a_folder_round_trips_the_corpus(bpe_folder):
 def test_gpt2_tokenizer_comes_through_the_hub_cache(bpe_folder, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from pipeline.data.text import GPT2_REPO, load_text_tokens
+    from pipeline.data.text import GPT2_REPO, load_bpe, load_text_tokens, tokenizer_vocab_size
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'hub'))
+    load_bpe.cache_clear()  # tokenizers are loaded once per process: forget any earlier 'gpt2'
     with pytest.raises(FileNotFoundError, match='not in the hub cache and the hub cannot be reached'):
         load_text_tokens(TEXT, 'gpt2')
     fake_hub_cache(tmp_path / 'hub', GPT2_REPO, 'main', {n: bpe_folder / n for n in ('vocab.json', 'merges.txt')},
                    repo_type='model')
-    tokens, vocab = load_text_tokens(TEXT, 'gpt2')
-    assert vocab == 300 and torch.equal(tokens, load_text_tokens(TEXT, str(bpe_folder))[0])
+    tokens = load_text_tokens(TEXT, 'gpt2')
+    assert tokenizer_vocab_size('gpt2') == 300 and torch.equal(tokens, load_text_tokens(TEXT, str(bpe_folder)))
 
 
 def test_a_gpt2_trajectory_records_with_a_bpe_vocabulary(bpe_folder):

@@ -44,7 +44,6 @@ class TokenData:
     train: Tensor
     val: Tensor
     context: int
-    vocab_size: int  # the tokenizer's
     max_val_windows: int = 256
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -102,9 +101,9 @@ def _digits(cfg: dict[str, Any]) -> ClassificationData:
 
 
 def _text(cfg: dict[str, Any]) -> TokenData:
-    tokens, vocab_size = load_text_tokens(cfg['path'], cfg.get('tokenizer', 'bytes'))
+    tokens = load_text_tokens(cfg['path'], cfg.get('tokenizer', 'bytes'))
     n_val = int(len(tokens) * float(cfg.get('val_fraction', 0.1)))
-    return TokenData(tokens[:-n_val], tokens[-n_val:], int(cfg.get('context', 64)), vocab_size)
+    return TokenData(tokens[:-n_val], tokens[-n_val:], int(cfg.get('context', 64)))
 
 
 def _cifar(cfg: dict[str, Any]) -> ClassificationData:

@@ -8,6 +8,7 @@ format (e.g. a BPE trained with `tokenizers` on your own corpus).
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +49,9 @@ def bpe_files(tokenizer: str) -> tuple[Path, Path]:
     return files
 
 
+@lru_cache(maxsize=4)
 def load_bpe(tokenizer: str):
-    """A byte-level BPE tokenizer (`tokenizers.ByteLevelBPETokenizer`) in GPT-2's format."""
+    """A byte-level BPE tokenizer (`tokenizers.ByteLevelBPETokenizer`) in GPT-2's format, loaded once per process."""
     from tokenizers import ByteLevelBPETokenizer
     vocab, merges = bpe_files(tokenizer)
     return ByteLevelBPETokenizer.from_file(str(vocab), str(merges))
@@ -60,13 +62,12 @@ def tokenizer_vocab_size(tokenizer: str) -> int:
     return ByteTokenizer.vocab_size if tokenizer == 'bytes' else load_bpe(tokenizer).get_vocab_size()
 
 
-def load_text_tokens(path: str | Path, tokenizer: str = 'bytes') -> tuple[torch.Tensor, int]:
-    """Tokenize a text file: (int64 tokens, the tokenizer's vocabulary size)."""
+def load_text_tokens(path: str | Path, tokenizer: str = 'bytes') -> torch.Tensor:
+    """Tokenize a text file (int64 tokens)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'text corpus not found: {path}')
     text = path.read_text(encoding='utf-8')
     if tokenizer == 'bytes':
-        return ByteTokenizer().encode(text), ByteTokenizer.vocab_size
-    bpe = load_bpe(tokenizer)
-    return torch.tensor(bpe.encode(text).ids, dtype=torch.int64), bpe.get_vocab_size()
+        return ByteTokenizer().encode(text)
+    return torch.tensor(load_bpe(tokenizer).encode(text).ids, dtype=torch.int64)
