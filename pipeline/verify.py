@@ -27,10 +27,10 @@ def verify_store(store: TrajectoryStore, progress: bool = False) -> tuple[int, l
     manifest = store.manifest()
     problems: list[Problem] = []
     checked = 0
-    bar = tqdm(total=sum(store.group(n).spec.trajectories for n in store.task_names()), unit='traj',
-               desc='verify', disable=not progress)
-    for name in store.task_names():
-        group = store.group(name)
+    groups = {name: store.group(name) for name in store.task_names()}
+    bar = tqdm(total=sum(g.spec.trajectories for g in groups.values()), unit='traj', desc='verify',
+               disable=not progress)
+    for name, group in groups.items():
         spec = group.spec
         n_params = sum(int(np.prod(s)) for _, s in group.layout)
         want = (spec.trajectories, spec.num_states, n_params)
@@ -67,6 +67,6 @@ def verify_store(store: TrajectoryStore, progress: bool = False) -> tuple[int, l
                 problems.append(Problem(name, i, bad))
     bar.close()
     for task, i in sorted(manifest.done()):
-        if task not in store.task_names():
+        if task not in groups:
             problems.append(Problem(task, i, 'in the manifest but the store has no such task group'))
     return checked, problems
