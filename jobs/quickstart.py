@@ -18,6 +18,7 @@ from pathlib import Path
 import ray
 
 from nino.training import TrainConfig, train
+from pipeline.tasks import read_config_file
 
 from .collect import collect
 from .evaluate import evaluate
@@ -37,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print(collect(CONFIGS / 'quickstart-collect.yaml', store_url=str(out / 'store')))
 
         print('\n== 2/3 meta-training the nowcaster ==', flush=True)
-        import yaml
-        values = yaml.safe_load((CONFIGS / 'quickstart-train.yaml').read_text())
+        values = read_config_file(CONFIGS / 'quickstart-train.yaml')
         values.update(store=str(out / 'store'), run_dir=str(out / 'nowcaster'))
         summary = train(TrainConfig.from_dict(values), resume='auto')
         print(f"nowcaster: step {summary['step']}, held-out validation L1 {summary['val_l1']:.4f} "

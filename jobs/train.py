@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 import torch.distributed as dist
 import yaml
 
 from nino.training import TrainConfig, TrainingDiverged, train
+from pipeline.tasks import read_config_file
 
 
 def apply_override(values: dict, item: str) -> None:
@@ -41,13 +41,9 @@ def apply_override(values: dict, item: str) -> None:
 def build_config(args: argparse.Namespace) -> TrainConfig:
     values = {}
     if args.config:
-        path = Path(args.config)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except (FileNotFoundError, yaml.YAMLError) as err:
-            raise ValueError(f'{path}: {err}') from None
+        values = read_config_file(args.config) or {}
         if not isinstance(values, dict):
-            raise ValueError(f'{path}: must hold a mapping of training config fields')
+            raise ValueError(f'{args.config}: must hold a mapping of training config fields')
     overrides = dict(store=args.store, run_dir=args.run_dir, steps=args.steps, amp=args.amp, device=args.device,
                      num_workers=args.num_workers, seed=args.seed, holdout=args.holdout,
                      tasks=args.tasks.split(',') if args.tasks else None)
