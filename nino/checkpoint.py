@@ -1,15 +1,20 @@
 """Nowcaster checkpoints: this project's format and import of the paper's published files.
 
 This project's format is a safetensors file (weights only, so loading never runs pickled code)
-whose metadata holds `format`, `version` and the `NiNoConfig` as JSON. The published
+whose metadata holds `format`, `version`, the `NiNoConfig` as JSON and `sha256`, a digest of the
+tensors that the loader checks; it is written atomically. The format of a file is told from its
+contents (a safetensors header that parses, or the zip/pickle magic of `torch.save`). The published
 `nino_no_posw.pt`, `nino_mlp.pt` and `nino_mlp_h32.pt` are read with `torch.load(weights_only=True)`
 and their weights renamed through an explicit key map.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import struct
 from pathlib import Path
 
 import torch
@@ -56,12 +61,43 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit the nowcaster; the message names the file and keys."""
 
 
+def tensors_digest(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 over the tensors' names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f'{name}|{t.dtype}|{tuple(t.shape)}|'.encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+    return h.hexdigest()
+
+
 def save_nowcaster(model: Nowcaster, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a nowcaster in this project's format (safetensors + JSON config)."""
-    meta = {'format': FORMAT, 'version': str(VERSION), 'config': json.dumps(model.config.to_dict())}
-    meta.update(metadata or {})
+    """Write a nowcaster in this project's format (safetensors + JSON config), atomically."""
+    path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata=meta)
+    meta = {'format': FORMAT, 'version': str(VERSION), 'config': json.dumps(model.config.to_dict()),
+            'sha256': tensors_digest(tensors)}
+    meta.update(metadata or {})
+    tmp = path.with_name(f'.{path.name}.tmp')
+    save_file(tensors, str(tmp), metadata=meta)
+    with open(tmp, 'rb+') as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def checkpoint_kind(path: Path) -> str:
+    """'safetensors', 'torch' (a `torch.save` zip or legacy pickle) or an error naming the file."""
+    size = path.stat().st_size
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    if len(head) >= 9:
+        header_len = struct.unpack('<Q', head[:8])[0]
+        if 2 <= header_len <= size - 8 and head[8:9] == b'{':
+            return 'safetensors'
+    if head[:4] == b'PK\x03\x04' or (head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05')):
+        return 'torch'
+    raise CheckpointError(f'{path}: not a nowcaster checkpoint (neither safetensors nor a torch.save file; '
+                          f'{size} bytes)')
 
 
 def load_nowcaster(path: str | Path, device: str | torch.device = 'cpu') -> Nowcaster:
@@ -69,17 +105,22 @@ def load_nowcaster(path: str | Path, device: str | torch.device = 'cpu') -> Nowc
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'no nowcaster checkpoint at {path}')
-    with open(path, 'rb') as f:
-        head = f.read(16)
-    if head[:2] == b'PK' or head[:1] == b'\x80':  # torch zip archive or legacy pickle
+    if checkpoint_kind(path) == 'torch':
         return import_official(path).to(device)
-    with safe_open(str(path), framework='pt') as f:
-        meta = f.metadata() or {}
-        if meta.get('format') != FORMAT:
-            raise CheckpointError(f'{path}: not a nowcaster checkpoint (metadata format={meta.get("format")!r})')
-        if int(meta.get('version', -1)) > VERSION:
-            raise CheckpointError(f'{path}: format version {meta["version"]} is newer than supported ({VERSION})')
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            meta = f.metadata() or {}
+            if meta.get('format') != FORMAT:
+                raise CheckpointError(f'{path}: not a nowcaster checkpoint (metadata format={meta.get("format")!r})')
+            if int(meta.get('version', -1)) > VERSION:
+                raise CheckpointError(f'{path}: format version {meta["version"]} is newer than supported ({VERSION})')
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except CheckpointError:
+        raise
+    except Exception as err:  # a truncated or damaged file
+        raise CheckpointError(f'{path}: unreadable safetensors file ({type(err).__name__}: {err})') from None
+    if 'sha256' in meta and tensors_digest(state) != meta['sha256']:
+        raise CheckpointError(f'{path}: the tensors do not match the checksum in the metadata (damaged file)')
     try:
         config = NiNoConfig.from_dict(json.loads(meta['config']))
     except (KeyError, ValueError, TypeError) as err:
@@ -108,7 +149,11 @@ def official_config(model_args: dict, source: str = 'checkpoint') -> NiNoConfig:
 def import_official(path: str | Path) -> Nowcaster:
     """Load a published reference checkpoint (`{'state_dict', 'model_args'}` or a bare state dict)."""
     path = Path(path)
-    raw = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        raw = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # truncated, damaged, or holding objects other than tensors
+        raise CheckpointError(f'{path}: unreadable torch checkpoint ({type(err).__name__}: '
+                              f'{str(err).splitlines()[0] if str(err) else ""})') from None
     if not isinstance(raw, dict):
         raise CheckpointError(f'{path}: expected a dict, got {type(raw).__name__}')
     state = raw.get('state_dict', raw)

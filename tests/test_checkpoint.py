@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from nino.checkpoint import CheckpointError, import_official, load_nowcaster, official_config, save_nowcaster
+from nino.checkpoint import (CheckpointError, checkpoint_kind, import_official, load_nowcaster, official_config,
+                             save_nowcaster)
 from nino.model import NiNoConfig, NiNoGNN, NiNoMLP, build_nowcaster
 
 
@@ -23,7 +24,7 @@ def test_own_format_round_trip_gives_identical_predictions(official_dir, tmp_pat
     model = load_nowcaster(official_dir / name)
     path = tmp_path / 'model.safetensors'
     save_nowcaster(model, path)
-    assert path.read_bytes()[:1] != b'\x80' and path.read_bytes()[:2] != b'PK'  # not a pickle
+    assert checkpoint_kind(path) == 'safetensors'  # not a pickle
     again = load_nowcaster(path)
     assert again.config == model.config
     e, f = 50, model.config.max_feat_size
@@ -74,3 +75,47 @@ def test_missing_file_and_foreign_file(tmp_path):
     save_file({'w': torch.zeros(1)}, str(other))
     with pytest.raises(CheckpointError, match='not a nowcaster checkpoint'):
         load_nowcaster(other)
+
+
+def test_sweep_of_exports_round_trips_whatever_the_header_length(tmp_path):
+    """A safetensors header length whose low byte is 0x80 (the pickle magic) once sent the file to
+    the pickle importer; every export of a sweep must load back, that case included."""
+    low_bytes = set()
+    configs = [NiNoConfig(hid=h, layers=n, seq_len=s, gnn=g, lpe=8 if g else 0)
+               for h in (8, 16) for n in (2, 3) for s in (10, 20, 40) for g in (True, False)]
+    exports = [(c, {}) for c in configs] + [(configs[0], {'note': 'x' * pad}) for pad in range(0, 256, 8)]
+    for i, (config, meta) in enumerate(exports):
+        model = build_nowcaster(config)
+        path = tmp_path / f'm{i}.safetensors'
+        save_nowcaster(model, path, metadata=meta)
+        low_bytes.add(path.read_bytes()[0])
+        again = load_nowcaster(path)
+        assert again.config == config
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, again.state_dict()[key])
+    assert 0x80 in low_bytes  # the sweep covers the case that used to fail
+
+
+def test_damaged_or_foreign_files_are_named(tmp_path, official_dir):
+    model = build_nowcaster(NiNoConfig(hid=8, layers=2))
+    path = tmp_path / 'model.safetensors'
+    save_nowcaster(model, path)
+    assert not list(tmp_path.glob('.*.tmp'))  # written atomically, no temporary left
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # flip bits inside the last tensor
+    flipped = tmp_path / 'flipped.safetensors'
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match='flipped.safetensors.*checksum'):
+        load_nowcaster(flipped)
+    cut = tmp_path / 'cut.safetensors'
+    cut.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match='cut.safetensors'):
+        load_nowcaster(cut)
+    text = tmp_path / 'notes.txt'
+    text.write_text('hello\n')
+    with pytest.raises(CheckpointError, match='notes.txt'):
+        load_nowcaster(text)
+    truncated = tmp_path / 'nino_truncated.pt'
+    truncated.write_bytes((official_dir / 'nino_mlp_h32.pt').read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match='nino_truncated.pt'):
+        load_nowcaster(truncated)
