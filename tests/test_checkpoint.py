@@ -7,8 +7,14 @@ import json
 import pytest
 import torch
 
-from nino.checkpoint import (CheckpointError, checkpoint_kind, import_official, load_nowcaster, official_config,
-                             save_nowcaster)
+from nino.checkpoint import (
+    CheckpointError,
+    checkpoint_kind,
+    import_official,
+    load_nowcaster,
+    official_config,
+    save_nowcaster,
+)
 from nino.model import NiNoConfig, NiNoGNN, NiNoMLP, build_nowcaster
 
 
