@@ -2,7 +2,9 @@
 
 Every `period // ctx` steps the wrapper records the flat parameters (before that step's update);
 at the ctx-th record it runs the nowcaster instead of the base optimizer's step and writes the
-predicted parameters into the model. The horizon k decays over training from `seq_len` (40) to 1:
+predicted parameters into the model. The neural graph holds every parameter of the model, but
+only those the base optimizer optimises (its param groups) are written: frozen parameters keep
+their values (the paper's code overwrites them too). The horizon k decays over training from `seq_len` (40) to 1:
 k_i = round(linspace(sqrt(40), 1, max_train_steps // period) ** 2)[i] for the i-th period.
 """
 
@@ -57,6 +59,8 @@ class NiNo:
         self.num_nowcasts = 0
         self.num_rejected = 0
         self._params = [p for _, p in model.named_parameters()]
+        held = {id(p) for group in base_opt.param_groups for p in group['params']}
+        self._optimised = [id(p) in held for p in self._params]
         self._states: list[Tensor] = []
         self.nowcaster: Nowcaster | None = None
         if ckpt is None:
@@ -141,9 +145,10 @@ class NiNo:
                           f'it is discarded and the base optimizer takes this step', RuntimeWarning, stacklevel=3)
             return False
         offset = 0
-        for p in self._params:
+        for p, optimised in zip(self._params, self._optimised):
             n = p.numel()
-            p.copy_(x[offset:offset + n].view_as(p))
+            if optimised:
+                p.copy_(x[offset:offset + n].view_as(p))
             offset += n
         self.num_nowcasts += 1
         log.info('NiNo nowcast at step %d with k=%d', self.step_idx + 1, k)

@@ -181,3 +181,30 @@ def test_a_precomputed_lpe_is_used(gnn, fashion_mnist):
     assert torch.equal(opt._graph_inputs['lpe'], lpe)
     with pytest.raises(ValueError, match=r'lpe must have shape \(95, 8\)'):
         NiNo(torch.optim.AdamW(model.parameters(), lr=LR), model, ckpt=gnn, lpe=torch.randn(10, 8))
+
+
+def test_frozen_parameters_are_not_nowcast(gnn, fashion_mnist):
+    """A frozen layer (not in the base optimizer) keeps its values through nowcasts; the graph
+    still holds it, so the other parameters get the same prediction as with it trainable."""
+    torch.manual_seed(0)
+    model = ConvNet()
+    frozen = [p for name, p in model.named_parameters() if name.startswith(model_first_layer(model))]
+    for p in frozen:
+        p.requires_grad_(False)
+    before = [p.detach().clone() for p in frozen]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = NiNo(torch.optim.AdamW(trainable, lr=LR), model, ckpt=gnn, period=PERIOD, max_train_steps=STEPS)
+    log: dict = {}
+    _train(model, opt, fashion_mnist, 0, STEPS, log)
+    assert opt.num_nowcasts == 2
+    for p, b in zip(frozen, before):
+        assert torch.equal(p, b)
+    moved = log['after'][0] - log['states'][0][:, -1]
+    n_frozen = sum(p.numel() for p in frozen)
+    assert moved[:n_frozen].abs().max() == 0 and moved[n_frozen:].abs().max() > 0
+
+
+def model_first_layer(model: torch.nn.Module) -> str:
+    """Name prefix of the model's first parameter's module (e.g. 'features.0.')."""
+    first = next(iter(dict(model.named_parameters())))
+    return first.rsplit('.', 1)[0] + '.'
