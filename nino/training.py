@@ -55,6 +55,12 @@ def _number(name: str, value: Any, kind: type) -> float | int:
     return number
 
 
+#: Smallest value each numeric training field accepts (0 for val_every means "at the end only").
+_LOWER_BOUNDS = dict(steps=1, holdout=0, lr=0.0, min_lr=0.0, weight_decay=0.0, grad_clip=0.0, num_workers=0,
+                     ckpt_every=1, keep_last=1, log_every=1, val_every=0, val_batches=1, nan_patience=1,
+                     max_nan_in_row=1)
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a meta-training run (saved in every checkpoint)."""
@@ -95,7 +101,22 @@ class TrainConfig:
         for f in fields(cls):
             if f.name in d and f.type in ('float', 'int'):
                 d[f.name] = _number(f.name, d[f.name], float if f.type == 'float' else int)
-        return cls(**d)
+        for name in ('model', 'window'):
+            if not isinstance(d.get(name, {}), dict):
+                raise ValueError(f'training config field {name!r} must be a mapping, got {d[name]!r}')
+        cfg = cls(**d)
+        for name, low in _LOWER_BOUNDS.items():
+            value = getattr(cfg, name)
+            if value < low:
+                raise ValueError(f'training config field {name!r} must be >= {low}, got {value!r}')
+        if not 0 < cfg.nan_lr_factor <= 1:
+            raise ValueError(f"training config field 'nan_lr_factor' must be in (0, 1], got {cfg.nan_lr_factor!r}")
+        try:
+            cfg.window_config()
+            cfg.nowcaster_config()
+        except (TypeError, ValueError) as err:
+            raise ValueError(f'training config: {err}') from None
+        return cfg
 
     def nowcaster_config(self) -> NiNoConfig:
         window = self.window_config()
@@ -103,6 +124,10 @@ class TrainConfig:
         return NiNoConfig.from_dict({**base, **self.model})
 
     def window_config(self) -> WindowConfig:
+        known = {f.name for f in fields(WindowConfig)}
+        unknown = sorted(set(self.window) - known)
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown} under 'window'; known: {sorted(known)}")
         return WindowConfig(**self.window)
 
 
@@ -246,6 +271,10 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
 
     # ---- data: the stream resumes at the saved batch position
     probe = WindowStream(cfg.store, cfg.window_config(), tasks=cfg.tasks, seed=cfg.seed)
+    for name, idx in probe.trajectories.items():
+        if cfg.holdout and cfg.holdout >= len(idx):
+            raise ValueError(f"holdout={cfg.holdout} leaves no training trajectories for task '{name}' "
+                             f'({len(idx)} in the store); validation must not overlap training')
     train_trajs = {name: idx[:len(idx) - cfg.holdout] for name, idx in probe.trajectories.items()}
     stream = WindowStream(cfg.store, cfg.window_config(), tasks=cfg.tasks, trajectories=train_trajs,
                           seed=cfg.seed, start=position, shard=(rank, world))
@@ -299,78 +328,82 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     val = (math.nan, math.nan)
     start_time = time.time()
     bar = tqdm(total=cfg.steps, initial=step, desc='meta-train', disable=not progress or rank != 0)
-    while step < cfg.steps:
-        batch = next(batches).to(cfg.device)
-        position += 1
+    try:
+        while step < cfg.steps:
+            batch = next(batches).to(cfg.device)
+            position += 1
 
-        with _autocast(cfg):
-            pred = forward(model, batch)
-            loss = masked_l1(pred, batch.y, batch.y_mask)
-        optimizer.zero_grad(set_to_none=True)
-        finite = torch.isfinite(loss)
-        if bool(finite):
-            (scaler.scale(loss) if scaler else loss).backward()
+            with _autocast(cfg):
+                pred = forward(model, batch)
+                loss = masked_l1(pred, batch.y, batch.y_mask)
+            optimizer.zero_grad(set_to_none=True)
+            finite = torch.isfinite(loss)
+            if bool(finite):
+                (scaler.scale(loss) if scaler else loss).backward()
+                if scaler:
+                    scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float('inf'))
+                finite = finite & (torch.isfinite(grad_norm) | torch.tensor(scaler is not None))
+            else:
+                grad_norm = torch.tensor(float('nan'))
+            if world > 1:  # every rank skips together
+                flag = finite.float().to(cfg.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                finite = flag.bool()
+
+            if not bool(finite):
+                recovery.events += 1
+                recovery.in_row += 1
+                _unwrap(model).load_state_dict(last_good['model'])
+                optimizer.load_state_dict(last_good['optimizer'])
+                if recovery.events % cfg.nan_patience == 0:
+                    recovery.lr_scale *= cfg.nan_lr_factor
+                    scheduler.base_lrs = [lr * cfg.nan_lr_factor for lr in scheduler.base_lrs]
+                    for group in optimizer.param_groups:
+                        group['lr'] *= cfg.nan_lr_factor
+                log(dict(step=step, batch=position - 1, loss=repr(loss.item()), lr=optimizer.param_groups[0]['lr'],
+                         grad_norm=repr(float(grad_norm)), seconds=round(time.time() - start_time, 3),
+                         event='nonfinite'))
+                if recovery.in_row >= cfg.max_nan_in_row:
+                    raise TrainingDiverged(
+                        f'{recovery.in_row} non-finite losses/gradients in a row at step {step} '
+                        f'(batch {position - 1}); the last good checkpoint is in {ckpt_dir}')
+                continue
+
             if scaler:
-                scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float('inf'))
-            finite = finite & (torch.isfinite(grad_norm) | torch.tensor(scaler is not None))
-        else:
-            grad_norm = torch.tensor(float('nan'))
-        if world > 1:  # every rank skips together
-            flag = finite.float().to(cfg.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            finite = flag.bool()
-
-        if not bool(finite):
-            recovery.events += 1
-            recovery.in_row += 1
-            _unwrap(model).load_state_dict(last_good['model'])
-            optimizer.load_state_dict(last_good['optimizer'])
-            if recovery.events % cfg.nan_patience == 0:
-                recovery.lr_scale *= cfg.nan_lr_factor
-                scheduler.base_lrs = [lr * cfg.nan_lr_factor for lr in scheduler.base_lrs]
-                for group in optimizer.param_groups:
-                    group['lr'] *= cfg.nan_lr_factor
-            log(dict(step=step, batch=position - 1, loss=repr(loss.item()), lr=optimizer.param_groups[0]['lr'],
-                     grad_norm=repr(float(grad_norm)), seconds=round(time.time() - start_time, 3), event='nonfinite'))
-            if recovery.in_row >= cfg.max_nan_in_row:
-                raise TrainingDiverged(
-                    f'{recovery.in_row} non-finite losses/gradients in a row at step {step} (batch {position - 1}); '
-                    f'the last good checkpoint is in {ckpt_dir}')
-            continue
-
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        step += 1
-        recovery.in_row = 0
-        if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            last_good = snapshot()
-        losses.append(loss.item())
-        bar.update(1)
-        lr = optimizer.param_groups[0]['lr']
-        log(dict(step=step, batch=position - 1, loss=repr(loss.item()), lr=lr, grad_norm=repr(float(grad_norm)),
-                 seconds=round(time.time() - start_time, 3), event=''))
-        if tb is not None:
-            tb.add_scalar('train/loss', loss.item(), step)
-            tb.add_scalar('train/lr', lr, step)
-        if step % cfg.log_every == 0:
-            bar.set_postfix(loss=f'{sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:]):.4f}', lr=f'{lr:.2e}')
-        if val_batches and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps):
-            val = validate(model, val_batches, cfg)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            step += 1
+            recovery.in_row = 0
+            if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                last_good = snapshot()
+            losses.append(loss.item())
+            bar.update(1)
+            lr = optimizer.param_groups[0]['lr']
+            log(dict(step=step, batch=position - 1, loss=repr(loss.item()), lr=lr, grad_norm=repr(float(grad_norm)),
+                     seconds=round(time.time() - start_time, 3), event=''))
             if tb is not None:
-                tb.add_scalar('val/l1', val[0], step)
-                tb.add_scalar('val/l1_no_change', val[1], step)
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            checkpoint()
-    bar.close()
-    if writer:
-        writer.close()
-    if tb is not None:
-        tb.close()
+                tb.add_scalar('train/loss', loss.item(), step)
+                tb.add_scalar('train/lr', lr, step)
+            if step % cfg.log_every == 0:
+                recent = losses[-cfg.log_every:]
+                bar.set_postfix(loss=f'{sum(recent) / len(recent):.4f}', lr=f'{lr:.2e}')
+            if val_batches and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps):
+                val = validate(model, val_batches, cfg)
+                if tb is not None:
+                    tb.add_scalar('val/l1', val[0], step)
+                    tb.add_scalar('val/l1_no_change', val[1], step)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                checkpoint()
+    finally:  # also when training stops with an error: logs are flushed and closed
+        bar.close()
+        if writer:
+            writer.close()
+        if tb is not None:
+            tb.close()
     summary = dict(step=step, position=position, losses=losses, val_l1=val[0], val_l1_no_change=val[1],
                    nonfinite_events=recovery.events, lr_scale=recovery.lr_scale)
     if rank == 0 and val_batches:

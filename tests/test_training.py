@@ -201,3 +201,48 @@ def test_set_overrides_nested_config_fields_and_names_bad_ones():
                          ('steps=2.5', "field 'steps' must be int, got 2.5")]:
         with pytest.raises(ValueError, match=re.escape(message)):
             build_config(make_parser().parse_args(['--config', config, '--set', bad]))
+
+
+def test_holdout_that_leaves_no_training_data_is_refused(small_store, tmp_path):
+    for holdout in (4, 7):
+        with pytest.raises(ValueError, match=f"holdout={holdout} leaves no training trajectories for task 'fm-16'"):
+            train(_cfg(small_store, tmp_path / 'run', steps=5, holdout=holdout), progress=False)
+    assert not list((tmp_path / 'run').glob('*.safetensors'))
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('steps', -5, "'steps' must be >= 1, got -5"), ('steps', 0, "'steps' must be >= 1, got 0"),
+    ('ckpt_every', 0, "'ckpt_every' must be >= 1"), ('log_every', 0, "'log_every' must be >= 1"),
+    ('val_every', -1, "'val_every' must be >= 0"), ('val_batches', 0, "'val_batches' must be >= 1"),
+    ('keep_last', 0, "'keep_last' must be >= 1"), ('holdout', -1, "'holdout' must be >= 0"),
+    ('lr', -1e-3, "'lr' must be >= 0.0"), ('nan_lr_factor', 0, "'nan_lr_factor' must be in (0, 1]"),
+    ('window', {'stepp': 8}, "unknown field(s) ['stepp'] under 'window'"),
+    ('model', {'hidden': 8}, "unknown nowcaster config fields: ['hidden']"),
+    ('window', 'big', "'window' must be a mapping"),
+])
+def test_config_values_out_of_range_are_named(field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig.from_dict({'store': 's', 'run_dir': 'r', field: value})
+
+
+def test_jobs_train_refuses_bad_steps_with_one_line(small_store, tmp_path):
+    config = tmp_path / 'train.yaml'
+    config.write_text(yaml.safe_dump({**TINY, 'steps': -5}))
+    done = subprocess.run(_cmd(config, small_store, tmp_path / 'run'), cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: training config field 'steps' must be >= 1, got -5"
+
+
+def test_logs_are_closed_when_training_diverges(small_store, tmp_path, monkeypatch):
+    closed = []
+    from torch.utils.tensorboard import SummaryWriter
+    original = SummaryWriter.close
+    monkeypatch.setattr(SummaryWriter, 'close', lambda self: closed.append(self) or original(self))
+    store = _poisoned_copy(small_store, tmp_path, [0, 1, 2, 3])
+    cfg = _cfg(store, tmp_path / 'run', steps=40, max_nan_in_row=3,
+               window=dict(TINY['window'], step=4, seq_len=40, samples_per_traj=1))
+    with pytest.raises(TrainingDiverged):
+        train(cfg, progress=False)
+    assert len(closed) == 1
+    rows = _losses(tmp_path / 'run')
+    assert len(rows) == 3  # every non-finite event reached the CSV before the error
