@@ -51,12 +51,34 @@ def test_train_test_idx_pair(tmp_path):
     assert len(data.x_train) == 6 and len(data.x_val) == 4 and float(data.x_train.max()) == 1.0
 
 
-def _cifar_batch(path, n, label_key, seed):
+def _cifar_batch(path, n, label_key, seed, protocol=pickle.DEFAULT_PROTOCOL):
     rng = np.random.default_rng(seed)
-    d = {b'data': rng.integers(0, 256, (n, 3072), dtype=np.uint8), label_key: rng.integers(0, 10, n).tolist()}
+    d = {b'data': rng.integers(0, 256, (n, 3072), dtype=np.uint8), label_key: rng.integers(0, 10, n).tolist(),
+         b'filenames': [b'x.png'] * n}
     with open(path, 'wb') as f:
-        pickle.dump(d, f)
+        pickle.dump(d, f, protocol=protocol)
     return d
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+        return (os.system, ('touch pwned',))
+
+
+def test_cifar_batch_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    folder = tmp_path / 'cifar-10-batches-py'
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    for i in range(2, 6):
+        _cifar_batch(folder / f'data_batch_{i}', 2, b'labels', i, protocol=2)  # as the published (py2) files
+    with open(folder / 'data_batch_1', 'wb') as f:
+        pickle.dump({b'data': _Exploit(), b'labels': [0]}, f)
+    with pytest.raises(ValueError, match=r'data_batch_1: not a CIFAR batch \(refused global posix.system'):
+        load_cifar(tmp_path, 'cifar10', 'train')
+    assert not (tmp_path / 'pwned').exists()
+    _cifar_batch(folder / 'data_batch_1', 3, b'labels', 1, protocol=2)
+    assert load_cifar(tmp_path, 'cifar10', 'train')[0].shape == (11, 3, 32, 32)
 
 
 def test_cifar_batches(tmp_path):
