@@ -27,6 +27,9 @@ from pipeline.scheduler import remaining, run_per_trajectory
 from pipeline.store import StoreError, TrajectoryStore
 from pipeline.tasks import ConfigError, TaskSpec, build_model, load_tasks, read_config_file, with_absolute_paths
 
+#: Top-level fields of a collection config.
+COLLECT_FIELDS = {'store', 'tasks'}
+
 
 @dataclass
 class Summary:
@@ -50,6 +53,9 @@ class Summary:
 def load_config(path: str | Path) -> tuple[dict[str, Any], list[TaskSpec]]:
     """Read a collection config; dataset paths are made absolute (relative to the working dir)."""
     cfg = read_config_file(path)
+    unknown = sorted(set(cfg) - COLLECT_FIELDS) if isinstance(cfg, dict) else []
+    if unknown:
+        raise ConfigError(f'{path}: unknown top-level field(s) {unknown}; known: {sorted(COLLECT_FIELDS)}')
     try:
         specs = load_tasks(cfg)
     except ConfigError as err:

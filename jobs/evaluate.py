@@ -58,9 +58,16 @@ def load_eval_config(path: str | Path) -> tuple[dict[str, Any], list[tuple[TaskS
     out = []
     for spec, period in pairs:
         target = spec.target.get('value')
-        if not isinstance(target, (int, float)):
+        if not isinstance(target, (int, float)) or isinstance(target, bool):
             raise ConfigError(f"{path}: task '{spec.name}': field 'target' needs a numeric 'value'")
-        out.append((prepared_spec(spec, path), int(period), float(target)))
+        if not isinstance(period, int) or isinstance(period, bool) or period < 1:
+            raise ConfigError(f"{path}: task '{spec.name}': field 'period' must be a positive integer, "
+                              f"got {period!r}")
+        try:
+            metric_of(spec)
+        except ValueError as err:
+            raise ConfigError(f'{path}: {err}') from None
+        out.append((prepared_spec(spec, path), period, float(target)))
     return cfg, out
 
 
@@ -79,12 +86,29 @@ def _run(spec_dict: dict, seed: int, method: str, ckpt: str | None, period: int)
 _run_remote = ray.remote(num_cpus=1, max_retries=2)(_run)
 
 
+def check_periods(task_list: list[tuple[TaskSpec, int, float]], methods: dict[str, str | None]) -> None:
+    """Every task's period must be a multiple of each nowcaster's ctx (its states are period // ctx apart)."""
+    for method, ckpt in methods.items():
+        if method == BASE:
+            continue
+        try:
+            ctx = method_nowcaster(method, ckpt).config.ctx
+        except (ValueError, OSError) as err:
+            raise ConfigError(str(err)) from None
+        for spec, period, _ in task_list:
+            if period % ctx:
+                raise ConfigError(f"task '{spec.name}': period {period} is not a multiple of the ctx ({ctx}) of "
+                                  f"nowcaster {method!r}: its {ctx} input states are period // ctx steps apart")
+
+
 def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | None = None,
              tasks: list[str] | None = None, address: str | None = None, baselines: bool = True,
              progress: bool = True, period: int | None = None) -> tuple[list[Curve], str]:
     """Run (or finish) the evaluation grid; write outputs; return the curves and the table."""
     cfg, task_list = load_eval_config(config)
     if period is not None:
+        if period < 1:
+            raise ConfigError(f'--period must be a positive integer, got {period}')
         task_list = [(spec, period, target) for spec, _, target in task_list]
     if tasks:
         known = [s.name for s, _, _ in task_list]
@@ -103,6 +127,7 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
         methods[name] = str(Path(ckpt).resolve())
     if baselines:
         methods[LINEAR] = None
+    check_periods(task_list, methods)
 
     out = Path(out)
     runs = out / 'runs'

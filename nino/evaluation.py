@@ -40,7 +40,7 @@ class Curve:
     task: str
     seed: int
     method: str
-    metric: str  # 'val_acc' (higher is better) or 'val_ppl' (lower is better)
+    metric: str  # a key of HIGHER_IS_BETTER
     steps: list[int]
     values: list[float]
     nowcast_steps: list[int] = field(default_factory=list)
@@ -63,8 +63,19 @@ def method_nowcaster(method: str, ckpt: str | None, seq_len: int = 40) -> Nowcas
     return load_nowcaster(ckpt)
 
 
+#: Validation metrics an evaluation can target, and whether a larger value is better.
+HIGHER_IS_BETTER = {'val_acc': True, 'val_loss': False, 'val_ppl': False}
+
+
 def metric_of(spec: TaskSpec) -> str:
-    return 'val_ppl' if spec.arch['type'] == 'gpt2' else 'val_acc'
+    """The task's target metric (`target.metric`); language models: val_ppl or val_loss, others: val_acc
+    or val_loss (default: the first)."""
+    allowed = ('val_ppl', 'val_loss') if spec.arch['type'] == 'gpt2' else ('val_acc', 'val_loss')
+    metric = spec.target.get('metric', allowed[0])
+    if metric not in allowed:
+        raise ValueError(f"task '{spec.name}': target metric {metric!r} is not one of {list(allowed)} "
+                         f"for a {spec.arch['type']} task")
+    return metric
 
 
 def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | None, period: int,
@@ -87,7 +98,7 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
         def record(step: int) -> None:
             loss, acc = evaluate(model, data, spec.batch_size)
             curve.steps.append(step)
-            curve.values.append(math.exp(min(loss, 50.0)) if metric == 'val_ppl' else acc)
+            curve.values.append({'val_ppl': math.exp(min(loss, 50.0)), 'val_loss': loss, 'val_acc': acc}[metric])
 
         record(0)
         for step in range(1, spec.steps + 1):
@@ -143,14 +154,14 @@ def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -
                 c = by_key.get((task, seed, method))
                 if c is None:
                     continue
-                higher = c.metric != 'val_ppl'
+                higher = HIGHER_IS_BETTER[c.metric]
                 s = steps_to_target(c.steps, c.values, target, higher)
                 if not math.isnan(s):
                     reached.append(s)
                 b = by_key.get((task, seed, base))
                 sb = steps_to_target(b.steps, b.values, target, higher) if b else math.nan
                 if not (math.isnan(s) or math.isnan(sb)):
-                    ratios.append(sb / max(s, 1.0))
+                    ratios.append(max(sb, 1.0) / max(s, 1.0))
             n = sum((task, seed, method) in by_key for seed in seeds)
             rows.append(SpeedupRow(task, method, n, len(reached),
                                    float(np.mean(reached)) if reached else math.nan,
@@ -165,7 +176,7 @@ def markdown_table(rows: list[SpeedupRow], targets: dict[str, float], metric_nam
              '|---|---|---|---:|---:|---:|---:|']
     for r in rows:
         name = metric_names.get(r.task, 'val_acc')
-        sign = '>=' if name != 'val_ppl' else '<='
+        sign = '>=' if HIGHER_IS_BETTER[name] else '<='
         steps = '-' if math.isnan(r.steps_mean) else f'{r.steps_mean:.0f}'
         if math.isnan(r.speedup_mean):
             speed, fewer = '-', '-'

@@ -70,8 +70,9 @@ class NiNo:
         nowcaster = ckpt if isinstance(ckpt, nn.Module) else load_nowcaster(ckpt)
         self.nowcaster = nowcaster.to(self.device).eval()
         cfg = self.nowcaster.config
-        if period < cfg.ctx:
-            raise ValueError(f'period ({period}) must be at least ctx ({cfg.ctx})')
+        if period < cfg.ctx or period % cfg.ctx:
+            raise ValueError(f'period ({period}) must be a positive multiple of ctx ({cfg.ctx}): the {cfg.ctx} '
+                             f'input states are recorded period // ctx steps apart')
         self.ctx = cfg.ctx
         self.interval = period // cfg.ctx
         self.graph = graph_for_module(model, num_heads=num_heads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 
 import pytest
 import torch
@@ -110,3 +111,50 @@ def test_evaluate_job_writes_outputs_and_resumes(tmp_path):
         assert (out / name).stat().st_size > 0
     assert (out / 'curves_digits-mlp.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert '| digits-mlp-w1.5 | val_acc >= 0.5 | tiny |' in table
+
+
+def _eval_config(tmp_path, **task):
+    config = tmp_path / 'eval.yaml'
+    entry = {'preset': 'digits-mlp', 'steps': 100, 'eval_every': 20, 'period': 50,
+             'target': {'metric': 'val_acc', 'value': 0.5}}
+    entry.update(task)
+    config.write_text(yaml.safe_dump({'seeds': 1, 'tasks': [entry]}))
+    return config
+
+
+@pytest.mark.parametrize('task, message', [
+    ({'target': {'metric': 'val_accuracy', 'value': 0.5}},
+     "target metric 'val_accuracy' is not one of ['val_acc', 'val_loss'] for a mlp task"),
+    ({'preset': 'lm-3-24', 'steps': 400, 'eval_every': 200, 'target': {'metric': 'val_acc', 'value': 0.5}},
+     "target metric 'val_acc' is not one of ['val_ppl', 'val_loss'] for a gpt2 task"),
+    ({'period': 'abc'}, "field 'period' must be a positive integer, got 'abc'"),
+    ({'period': -10}, "field 'period' must be a positive integer, got -10"),
+    ({'period': 7}, "period 7 is not a multiple of the ctx (5) of nowcaster 'linear'"),
+])
+def test_evaluate_config_errors_name_the_field(tmp_path, task, message):
+    from jobs.evaluate import evaluate
+    from pipeline.tasks import ConfigError
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        evaluate(_eval_config(tmp_path, **task), tmp_path / 'out', [], progress=False)
+    assert not (tmp_path / 'out' / 'runs').exists() or not any((tmp_path / 'out' / 'runs').iterdir())
+
+
+def test_val_loss_target_is_a_loss_not_a_perplexity():
+    from nino.evaluation import metric_of
+    spec, = load_tasks({'tasks': [{'preset': 'digits-mlp', 'steps': 40, 'eval_every': 20,
+                                   'target': {'metric': 'val_loss', 'value': 1.0}}]})
+    assert metric_of(spec) == 'val_loss'
+    curve = run_curve(spec, 1000, 'adam', None, period=50)
+    assert curve.metric == 'val_loss' and curve.values[0] > curve.values[-1] > 0  # a loss falls
+    target = (curve.values[0] + curve.values[-1]) / 2
+    first = next(s for s, v in zip(curve.steps, curve.values) if v <= target)
+    rows = speedups([curve, Curve(spec.name, 1000, 'x', 'val_loss', curve.steps, curve.values)], {spec.name: target})
+    assert [r.steps_mean for r in rows] == [first, first] and first > 0  # lower is better
+    assert 'val_loss <=' in markdown_table(rows, {spec.name: target}, {spec.name: 'val_loss'})
+
+
+def test_nino_refuses_a_period_that_is_not_a_multiple_of_ctx():
+    from nino import NiNo
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=r'period \(7\) must be a positive multiple of ctx \(5\)'):
+        NiNo(torch.optim.Adam(model.parameters()), model, ckpt=LinearExtrapolation(seq_len=10), period=7)

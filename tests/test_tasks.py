@@ -68,6 +68,9 @@ def test_config_file_errors_name_the_file(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match='missing.yaml'):
         load_config(tmp_path / 'missing.yaml')
+    bad.write_text('storee: runs/x\ntasks:\n  - preset: fm-16\n')
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown top-level field\(s\) \['storee'\]"):
+        load_config(bad)
 
 
 def test_relative_dataset_and_tokenizer_paths_resolve_against_the_working_directory(tmp_path, monkeypatch):
