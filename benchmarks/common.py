@@ -1,4 +1,14 @@
-"""Stores shared by the loader and training benchmarks (built once under runs/bench-stores/)."""
+"""Data shared by the benchmarks, built once under runs/ (the first run takes a while).
+
+- `real_store()`: real trajectories recorded by `jobs.collect` with benchmarks/configs/real-trajectories.yaml
+  (4 FM-16 runs in the published shape, 2,688 states x 14,378 parameters; 2 byte-level GPT-2 runs).
+- `published_files()`: the paper's published layout and naming: fm-16.dat holds the 4 real FM-16
+  trajectories; lm1b-3-24_p1/_p2.dat hold one synthetic random-walk trajectory each in the
+  published GPT-2 layout (124 states x 1,252,464 parameters: GPT-2 runs of that size are not
+  recorded on this machine).
+- `published_store(version)`: those files converted with `pipeline.convert` into a store of the
+  given layout version (version 1 stores are what this project wrote before).
+"""
 
 from __future__ import annotations
 
@@ -10,56 +20,61 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nino.graph import param_shapes  # noqa: E402
-from pipeline.record import METRICS, record_trajectory  # noqa: E402
+from pipeline.published import published_task  # noqa: E402
 from pipeline.store import TrajectoryStore  # noqa: E402
-from pipeline.tasks import build_model, load_tasks  # noqa: E402
 
+RUNS = ROOT / 'runs'
 SHARED = ROOT.parent / 'shared'
-STORES = ROOT / 'runs' / 'bench-stores'
+CONFIG = ROOT / 'benchmarks' / 'configs' / 'real-trajectories.yaml'
+#: (n_traj, n_states) of the published-layout files the benchmarks build.
+SHAPES = {'fm-16': (4, 2688), 'lm1b-3-24': (2, 124)}
 
 
-def fm16_store(trajectories: int = 4, steps: int = 800) -> Path:
-    """Real FM-16 trajectories (states every 4 steps) on the shared FashionMNIST subset."""
-    path = STORES / f'fm16-{trajectories}x{steps}'
-    if (path / 'manifest.parquet').exists():
-        return path
-    spec, = load_tasks({'tasks': [{'preset': 'fm-16', 'dataset': {'root': str(SHARED / 'data' /
-                                                                          'fashion-mnist-t10k-4443')},
-                                   'steps': steps, 'eval_every': steps, 'trajectories': trajectories}]})
-    store = TrajectoryStore(path)
-    group = store.ensure_group(spec, param_shapes(build_model(spec.arch)), list(METRICS))
-    manifest = store.manifest()
-    for i in range(trajectories):
-        traj = record_trajectory(spec, i, sink=lambda s, b, i=i: group.write_states(i, s, b),
-                                 chunk_states=group.chunk_states)
-        group.write_metrics(i, traj.metrics)
-        manifest.upsert(dict(task=spec.name, index=i, status='done', checksum=traj.checksum))
+def real_store() -> Path:
+    """The real-trajectory store (version 1), collected on first use (~15 minutes on 2 cores)."""
+    path = RUNS / 'bench-stores' / 'real-v1'
+    store = TrajectoryStore(path, version=1) if not (path / 'zarr.json').exists() else None
+    if store is not None or len(TrajectoryStore(path, mode='r').manifest().done()) < 6:
+        from jobs.collect import collect
+        print(collect(CONFIG, str(path)))
     return path
 
 
-def gpt2_store(trajectories: int = 2, states: int = 25) -> Path:
-    """Synthetic random-walk states in the layout of the published lm1b-3-24 GPT-2 (1.25M params)."""
-    path = STORES / f'gpt2-3-24-{trajectories}x{states}'
-    if (path / 'manifest.parquet').exists():
-        return path
-    spec, = load_tasks({'tasks': [{'preset': 'lm-3-24', 'name': 'lm1b-3-24',
-                                   'arch': {'vocab_size': 50257, 'n_positions': 1024},
-                                   'dataset': {'path': 'synthetic'}, 'steps': 200 * (states - 1),
-                                   'trajectories': trajectories}]})
-    layout = param_shapes(build_model(spec.arch))
-    store = TrajectoryStore(path)
-    group = store.ensure_group(spec, layout, list(METRICS))
-    n = sum(int(np.prod(s)) for _, s in layout)
-    rng = np.random.default_rng(0)
-    manifest = store.manifest()
-    for i in range(trajectories):
-        x = rng.normal(0, 0.02, n).astype(np.float32)
-        for start in range(0, states, group.chunk_states):
-            block = []
-            for _ in range(min(group.chunk_states, states - start)):
-                x = x + rng.normal(0, 1e-3, n).astype(np.float32)
-                block.append(x.astype(np.float16))
-            group.write_states(i, start, np.stack(block))
-        manifest.upsert(dict(task=spec.name, index=i, status='done'))
+def published_files() -> Path:
+    """A folder with fm-16 and lm1b-3-24 files in the published layout (see the module docstring)."""
+    folder = RUNS / 'bench-published'
+    folder.mkdir(parents=True, exist_ok=True)
+    fm = published_task('fm-16').with_shape(*SHAPES['fm-16'])
+    if not (folder / fm.metrics_file).exists():
+        group = TrajectoryStore(real_store(), mode='r').group('fm-16')
+        out = np.memmap(folder / 'fm-16.dat', np.float16, 'w+', shape=(fm.n_traj, fm.n_states, fm.n_params))
+        metrics = np.zeros((fm.n_traj, fm.n_states, len(fm.metrics)), np.float16)
+        for i in range(fm.n_traj):
+            out[i] = group.read_params(i)
+            recorded = group.read_metrics(i)  # train_loss, train_acc, val_loss, val_acc
+            metrics[i] = recorded[:, [2, 3, 0, 1]]  # published order: test_loss, test_acc, train_loss, train_acc
+        out.flush()
+        metrics.tofile(folder / fm.metrics_file)
+    lm = published_task('lm1b-3-24').with_shape(*SHAPES['lm1b-3-24'])
+    if not (folder / lm.metrics_file).exists():
+        rng = np.random.default_rng(0)
+        for name in lm.part_files():
+            out = np.memmap(folder / name, np.float16, 'w+', shape=(1, lm.n_states, lm.n_params))
+            x = rng.normal(0, 0.05, lm.n_params).astype(np.float32)
+            for s in range(lm.n_states):
+                x += rng.normal(0, 1e-3, lm.n_params).astype(np.float32)
+                out[0, s] = x.astype(np.float16)
+            out.flush()
+        rng.random((lm.n_traj, lm.n_states, len(lm.metrics))).astype(np.float16).tofile(folder / lm.metrics_file)
+    return folder
+
+
+def published_store(version: int = 2) -> Path:
+    """The published-layout files converted into a store of layout `version`."""
+    from pipeline.convert import convert
+    path = RUNS / 'bench-stores' / f'published-v{version}'
+    if not (path / 'zarr.json').exists():
+        TrajectoryStore(path, version=version)
+    if len(TrajectoryStore(path, mode='r').manifest().done()) < sum(n for n, _ in SHAPES.values()):
+        print(convert(list(SHAPES), published_files(), str(path), SHAPES))
     return path

@@ -1,12 +1,14 @@
-"""Windows per second of the streaming loader with 0, 1 and 2 workers, and bytes read per window.
+"""Windows per second of the streaming loader, beside the paper's reference loader on the same files.
 
-    python benchmarks/loader.py [--batches 20]
+    python benchmarks/loader.py [--reference DIR] [--batches 20] [--workers 0,2]
 
-Stores (built once under runs/bench-stores/): real FM-16 trajectories (201 states, 4 steps apart)
-read with windows 40 optimizer steps apart, and synthetic states in the published GPT-2
-lm1b-3-24 layout (1.25M parameters, 25 states 200 steps apart) read with 1000 sampled
-word-embedding rows. Bytes read per window are the compressed sizes of the chunk files that hold
-the window's states (a read fetches those chunks only), divided by the windows cut from them.
+Data (benchmarks/common.py): the published layout, fm-16 with 4 real trajectories of 2,688 states
+and lm1b-3-24 with 2 synthetic trajectories of 124 states; this project reads them converted into
+a version-2 store (and, for comparison, a version-1 store), the reference reads the `.dat` files.
+Windows as the paper trains: 5 inputs + 40 targets 200 optimizer steps apart, 4 windows per
+trajectory read, 4 reads per batch; GPT-2 reads sample 1,000 word-embedding rows. With
+`--reference DIR` (a checkout of github.com/SamsungSAILMontreal/nino) the reference runs in the
+same process first, and the ratio column divides by its rate at the same worker count.
 """
 
 from __future__ import annotations
@@ -15,61 +17,88 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-from common import fm16_store, gpt2_store
+from common import RUNS, SHAPES, published_files, published_store
 
 from pipeline.loader import WindowConfig, WindowStream, window_loader
+from pipeline.published import published_task
+from pipeline.store import TrajectoryStore
+
+CONFIGS = {'fm-16': WindowConfig(step=200), 'lm1b-3-24': WindowConfig(step=200, wte_size=1000)}
 
 
-def chunk_bytes(store: Path, task: str, traj: int, chunk: int) -> int:
-    path = store / task / 'params' / 'c' / str(traj) / str(chunk) / '0'
-    return path.stat().st_size if path.exists() else 0
-
-
-def bytes_per_window(stream: WindowStream, store: Path, batches: int) -> float:
-    tasks = stream._open()
-    total, windows = 0, 0
-    for b in range(batches):
-        batch = stream.batch(b)
-        seen = set()
-        for task_index, traj, start, _ in batch.window.tolist():
-            name = stream.task_names[task_index]
-            t = tasks[name]
-            ind = np.arange(start, t.group.spec.num_states, t.stride)[:stream.config.ctx + stream.config.seq_len]
-            for chunk in set((ind // t.group.chunk_states).tolist()):
-                if (name, traj, start, chunk) not in seen:
-                    seen.add((name, traj, start, chunk))
-                    total += chunk_bytes(store, name, traj, chunk)
-            windows += 1
-    return total / windows
-
-
-def windows_per_second(stream: WindowStream, workers: int, batches: int) -> float:
-    loader = iter(window_loader(stream, workers))
-    next(loader)  # start-up (worker processes, graphs, LPE) is not counted
+def rate(batches, count: int, windows_per_batch: int) -> float:
+    """Windows per second over `count` batches, after one batch of start-up."""
+    it = iter(batches)
+    next(it)
     start = time.perf_counter()
-    for _ in range(batches):
-        next(loader)
-    per_batch = stream.config.batch_size * stream.config.samples_per_traj
-    return batches * per_batch / (time.perf_counter() - start)
+    for _ in range(count):
+        next(it)
+    return count * windows_per_batch / (time.perf_counter() - start)
+
+
+def stored_mb_per_window(store: Path, task: str, cfg: WindowConfig) -> float:
+    """Stored bytes of the states one read decodes, per window (average state size x states read)."""
+    group = TrajectoryStore(store, mode='r').group(task)
+    folder = store / task / 'params'
+    stored = sum(f.stat().st_size for f in folder.rglob('*') if f.is_file())
+    per_state = stored / (group.spec.trajectories * group.spec.num_states)
+    if group.sharded:
+        states = cfg.ctx + cfg.seq_len
+    else:  # a version-1 read decodes whole chunks of consecutive states
+        stride = cfg.step // group.spec.record_every
+        states = len({s // group.chunk_states for s in range(0, (cfg.ctx + cfg.seq_len) * stride, stride)}) \
+            * group.chunk_states
+    return per_state * states / cfg.samples_per_traj / 1e6
+
+
+def reference_loader(checkout: Path, task: str, cfg: WindowConfig, workers: int):
+    """The reference's DataLoader over the published-layout files, as its training builds it."""
+    import torch
+    from reference import full_metrics_file, hub_cache, import_reference, reference_dataset
+    ref = import_reference(checkout)
+    folder = published_files()
+    spec = published_task(task).with_shape(*SHAPES[task])
+    per_part = spec.n_traj // spec.parts
+    files = {name: (folder / name, per_part, spec.n_states) for name in spec.part_files()}
+    metrics = full_metrics_file(RUNS / 'bench-published' / f'full-{spec.metrics_file}', task, len(spec.metrics))
+    cache = hub_cache(RUNS / 'bench-reference-cache', {**{n: p for n, (p, _, _) in files.items()},
+                                                       spec.metrics_file: metrics})
+    dset = reference_dataset(ref, cache, task, files, ctx=cfg.ctx, step=cfg.step, seq_len=cfg.seq_len,
+                             wte_size=cfg.wte_size, samples_per_traj=cfg.samples_per_traj)
+    torch.manual_seed(0)
+    return torch.utils.data.DataLoader(dset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
+                                       collate_fn=ref['collate'])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--reference', type=Path, help='checkout of the paper code (skipped when absent)')
     parser.add_argument('--batches', type=int, default=20)
+    parser.add_argument('--workers', default='0,2')
+    parser.add_argument('--tasks', default='fm-16,lm1b-3-24')
     args = parser.parse_args()
-    cases = [('fm-16', fm16_store(), WindowConfig(step=40)),
-             ('lm1b-3-24', gpt2_store(), WindowConfig(step=200, wte_size=1000))]
-    print('| task | window | workers | windows/s | bytes read per window |')
-    print('|---|---|---:|---:|---:|')
-    for name, store, cfg in cases:
-        stream = WindowStream(str(store), cfg, tasks=[name], seed=0)
-        per_window = bytes_per_window(stream, store, 4)
-        for workers in (0, 1, 2):
-            rate = windows_per_second(stream, workers, args.batches)
-            print(f'| {name} | ctx {cfg.ctx}, {cfg.seq_len} targets, {cfg.step} steps apart, '
-                  f'{cfg.samples_per_traj} per read | {workers} | {rate:.1f} | {per_window / 1e6:.2f} MB |',
-                  flush=True)
+    workers = [int(w) for w in args.workers.split(',')]
+    stores = {2: published_store(2), 1: published_store(1)}
+    rows = []
+    for task in args.tasks.split(','):
+        cfg = CONFIGS[task]
+        per_batch = cfg.batch_size * cfg.samples_per_traj
+        count = args.batches if task == 'fm-16' else max(2, args.batches // 5)
+        ref = {}
+        if args.reference and args.reference.is_dir():
+            ref = {w: rate(reference_loader(args.reference, task, cfg, w), count, per_batch) for w in workers}
+            rows += [(task, 'reference (.dat memmap)', w, r, '-', 1.0) for w, r in ref.items()]
+        for version, store in stores.items():
+            mb = stored_mb_per_window(store, task, cfg)
+            for w in workers if version == 2 else [0]:
+                stream = WindowStream(str(store), cfg, tasks=[task], seed=0)
+                r = rate(window_loader(stream, w), count, per_batch)
+                rows.append((task, f'this project, version-{version} store', w, r, f'{mb:.2f}',
+                             r / ref[w] if w in ref else float('nan')))
+    print('| task | loader | workers | windows/s | stored MB read per window | x reference |')
+    print('|---|---|---:|---:|---:|---:|')
+    for task, name, w, r, mb, ratio in rows:
+        print(f'| {task} | {name} | {w} | {r:.1f} | {mb} | {ratio:.2f} |')
 
 
 if __name__ == '__main__':

@@ -1,59 +1,103 @@
-"""Meta-training step time (forward, masked L1, backward, clip, AdamW) in fp32 and bf16 autocast.
+"""Meta-training step time (forward, L1 loss, backward, clip, AdamW), beside the paper's reference.
 
-    python benchmarks/train_step.py [--steps 5]
+    python benchmarks/train_step.py [--reference DIR] [--steps 5] [--tasks fm-16]
 
-The paper's NiNo (hidden 128, 3 layers) on one batch of 4 trajectories x 4 windows from the
-benchmark stores of `benchmarks/loader.py` (FM-16 windows; GPT-2 lm1b-3-24 windows with 1000
-sampled word-embedding rows). The batch is built once; only the step is timed.
+The paper's NiNo (hidden 128, 3 layers, 40 horizons) on one batch of 4 trajectory reads x 4
+windows of the published fm-16 layout (benchmarks/common.py), 5 inputs + 40 targets 200 steps
+apart; `lm1b-3-24` adds a GPT-2 batch (1,000 sampled word-embedding rows). The batch is built
+once; only the step is timed (median of `--steps` after one warm-up). fp32, and bf16 autocast.
+With `--reference DIR` the reference's `NiNoModel` steps on a batch from its own loader (same
+files, same window settings, so the same edge count) in the same process, and the ratio column
+divides its fp32 time by each of ours.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from pathlib import Path
 
 import torch
-from common import fm16_store, gpt2_store
+from common import published_store
+from loader import CONFIGS
 
 from nino.model import NiNoConfig, build_nowcaster
-from nino.training import forward, masked_l1
-from pipeline.loader import WindowConfig, WindowStream
+from nino.training import forward, window_l1
+from pipeline.loader import WindowStream
 
 
-def time_steps(batch, amp: bool, steps: int) -> float:
+def median_step(one, steps: int) -> float:
+    one()  # warm-up
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        one()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def our_step(batch, amp: bool, steps: int) -> float:
     torch.manual_seed(0)
     model = build_nowcaster(NiNoConfig()).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
 
     def one() -> None:
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
-            loss = masked_l1(forward(model, batch), batch.y, batch.y_mask)
+            loss = window_l1(forward(model, batch), batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
 
-    one()  # warm-up
-    start = time.perf_counter()
-    for _ in range(steps):
-        one()
-    return (time.perf_counter() - start) / steps
+    return median_step(one, steps)
+
+
+def reference_step(checkout: Path, task: str, steps: int) -> tuple[float, int]:
+    """(seconds per fp32 step, edges) of the reference on a batch from its own loader."""
+    import torch.nn.functional as F
+    from loader import reference_loader
+    from reference import import_reference
+    ref = import_reference(checkout)
+    batch = next(iter(reference_loader(checkout, task, CONFIGS[task], 0)))
+    torch.manual_seed(0)
+    model = ref['NiNoModel'](ctx=5, lpe=8, seq_len=40, max_feat_size=9, wte_pos_enc=False).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+    def one() -> None:
+        graphs = batch.clone()
+        out = model(graphs)
+        loss = F.l1_loss(out.edge_attr[graphs.y_mask], graphs.y[graphs.y_mask])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+
+    return median_step(one, steps), batch.edge_index.shape[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--reference', type=Path, help='checkout of the paper code (skipped when absent)')
     parser.add_argument('--steps', type=int, default=5)
+    parser.add_argument('--tasks', default='fm-16')
     args = parser.parse_args()
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads')
-    print('| batch | edges | fp32 s/step | bf16 s/step | bf16 speed-up |')
-    print('|---|---:|---:|---:|---:|')
-    for name, store, cfg in [('fm-16', fm16_store(), WindowConfig(step=40)),
-                             ('lm1b-3-24', gpt2_store(), WindowConfig(step=200, wte_size=1000))]:
-        batch = WindowStream(str(store), cfg, tasks=[name], seed=0).batch(0)
-        fp32 = time_steps(batch, False, args.steps)
-        bf16 = time_steps(batch, True, args.steps)
-        print(f'| {name}, {cfg.batch_size}x{cfg.samples_per_traj} windows | {batch.edge_index.shape[1]:,} '
-              f'| {fp32:.3f} | {bf16:.3f} | {fp32 / bf16:.2f}x |', flush=True)
+    rows = []
+    for task in args.tasks.split(','):
+        ref = float('nan')
+        if args.reference and args.reference.is_dir():
+            ref, edges = reference_step(args.reference, task, args.steps)
+            rows.append((task, 'reference', 'fp32', edges, ref, 1.0))
+        batch = WindowStream(str(published_store(2)), CONFIGS[task], tasks=[task], seed=0).batch(0)
+        edges = batch.edge_index.shape[1]
+        for amp in (False, True):
+            seconds = our_step(batch, amp, args.steps)
+            rows.append((task, 'this project', 'bf16 autocast' if amp else 'fp32', edges, seconds, ref / seconds))
+    print('| batch | code | precision | edges | s/step | x reference fp32 |')
+    print('|---|---|---|---:|---:|---:|')
+    for task, code, precision, edges, seconds, ratio in rows:
+        print(f'| {task}, 4x4 windows | {code} | {precision} | {edges:,} | {seconds:.3f} | {ratio:.2f} |')
 
 
 if __name__ == '__main__':

@@ -26,11 +26,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pipeline.loader import WindowConfig, WindowStream, window_loader
+from pipeline.loader import WindowBatch, WindowConfig, WindowStream, window_loader
 
 from .checkpoint import save_nowcaster
 from .model import NiNoConfig, Nowcaster, build_nowcaster
@@ -150,11 +149,20 @@ def _unwrap(model: torch.nn.Module) -> Nowcaster:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return F.l1_loss(pred.float()[mask], target.float()[mask])
+def target_l1(rows: torch.Tensor, batch: WindowBatch) -> torch.Tensor:
+    """Mean absolute error of (Q, seq_len) values against every target of the batch (each parameter
+    of each window at each horizon its window has)."""
+    err = (rows.float() - batch.y).abs()
+    mask = batch.target_mask()
+    return err.mean() if mask is None else err[mask].mean()
 
 
-def forward(model: torch.nn.Module, batch) -> torch.Tensor:
+def window_l1(pred: torch.Tensor, batch: WindowBatch) -> torch.Tensor:
+    """The training loss: `target_l1` of the predictions (E, feat, seq_len) at the target slots."""
+    return target_l1(batch.at_targets(pred), batch)
+
+
+def forward(model: torch.nn.Module, batch: WindowBatch) -> torch.Tensor:
     """All-horizon predictions (E, feat, seq_len) of a nowcaster for a batch."""
     return model(batch.edge_attr, batch.edge_type, batch.edge_index, batch.pos, batch.pos_w)
 
@@ -219,9 +227,8 @@ def validate(model: torch.nn.Module, batches: list, cfg: TrainConfig) -> tuple[f
         batch = batch.to(cfg.device)
         with _autocast(cfg):
             pred = forward(model, batch)
-        last = batch.edge_attr.view(pred.shape[0], pred.shape[1], ctx)[:, :, -1:].expand_as(pred)
-        ours += masked_l1(pred, batch.y, batch.y_mask).item()
-        base += masked_l1(last, batch.y, batch.y_mask).item()
+        ours += window_l1(pred, batch).item()
+        base += target_l1(batch.last_input(ctx).unsqueeze(-1).expand_as(batch.y), batch).item()
     model.train()
     return ours / len(batches), base / len(batches)
 
@@ -325,6 +332,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
 
     last_good = snapshot()
     losses: list[float] = []
+    damaged = 0
     val = (math.nan, math.nan)
     start_time = time.time()
     bar = tqdm(total=cfg.steps, initial=step, desc='meta-train', disable=not progress or rank != 0)
@@ -332,10 +340,15 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         while step < cfg.steps:
             batch = next(batches).to(cfg.device)
             position += 1
+            for problem in batch.skipped:  # damaged chunks: the loader drew another trajectory instead
+                damaged += 1
+                log(dict(step=step, batch=position - 1, loss='', lr='', grad_norm='',
+                         seconds=round(time.time() - start_time, 3), event=f'damaged: {problem}'))
+                print(f'skipped a damaged read: {problem}')
 
             with _autocast(cfg):
                 pred = forward(model, batch)
-                loss = masked_l1(pred, batch.y, batch.y_mask)
+                loss = window_l1(pred, batch)
             optimizer.zero_grad(set_to_none=True)
             finite = torch.isfinite(loss)
             if bool(finite):
@@ -405,7 +418,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         if tb is not None:
             tb.close()
     summary = dict(step=step, position=position, losses=losses, val_l1=val[0], val_l1_no_change=val[1],
-                   nonfinite_events=recovery.events, lr_scale=recovery.lr_scale)
+                   nonfinite_events=recovery.events, lr_scale=recovery.lr_scale, damaged_reads=damaged)
     if rank == 0 and val_batches:
         print(f'validation L1 {val[0]:.5f} vs no-change {val[1]:.5f} ({val[0] / val[1]:.3f}x)')
     return summary

@@ -2,6 +2,7 @@
 
     download --tasks fm-16,lm1b-3-24 [--cache-dir DIR]      fetch published files (resumable)
     convert --tasks fm-16 --source DIR|hub --store STORE     published memmaps -> trajectory store
+    migrate SRC DST                                          rewrite a store in the current layout (resumable)
     info STORE                                               a table per task
     verify STORE                                             shapes, completeness, NaN/Inf, checksums
     stream STORE [--batches N]                               read training windows (e.g. from hf://)
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--cache-dir', default=None)
     p.add_argument('--shape', action='append', default=[], help='TASK=NTRAJxNSTATES for files of other sizes')
     p.add_argument('--address', default=None)
+    p = sub.add_parser('migrate', help='rewrite a store in the current layout version (resumable, verified)')
+    p.add_argument('src')
+    p.add_argument('dst')
+    p.add_argument('--address', default=None)
     for name, helptext in (('info', 'a table per task'), ('verify', 'check a store')):
         p = sub.add_parser(name, help=helptext)
         p.add_argument('store')
@@ -97,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
                 source = str(download(tasks, args.cache_dir)[tasks[0]][0].parent)
             print(convert(tasks, source, args.store, _shapes(args.shape), args.address))
             return 0
+        if args.command == 'migrate':
+            from .migrate import migrate
+            summary = migrate(args.src, args.dst, args.address)
+            print(summary)
+            return 1 if summary.failed else 0
         if args.command == 'push':
             from .publish import push
             print(push(args.store, args.repo, args.path_in_repo))
@@ -118,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
             for b in range(args.batches):
                 t = time.time()
                 batch = stream.batch(b)
-                print(f'batch {b}: {batch.num_graphs} windows, {batch.edge_index.shape[1]:,} edges, '
-                      f'{int(batch.y_mask.sum()):,} target values, {time.time() - t:.2f} s')
+                mask = batch.target_mask()
+                targets = batch.y.numel() if mask is None else int(mask.sum())
+                print(f'batch {b}: {batch.num_windows} windows, {batch.edge_index.shape[1]:,} edges, '
+                      f'{targets:,} target values, {time.time() - t:.2f} s')
+                for problem in batch.skipped:
+                    print(f'  skipped a damaged read: {problem}')
             return 0
     except (StoreError, ValueError, OSError) as err:
         print(f'error: {err}', file=sys.stderr)

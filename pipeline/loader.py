@@ -3,34 +3,44 @@
 A window is c input states and up to `seq_len` target states after them, `step` optimizer steps
 apart, from one trajectory of one task group. Each batch samples `batch_size` (task, trajectory,
 start) triples and reads `samples_per_traj` windows from each (shifted by one state), which is
-what the paper's training does. Per window: inputs and targets are scaled with the inputs'
-per-layer statistics, turned into edge features (inputs), edge targets and a mask (targets
-past the trajectory's end, feature padding and auxiliary edges are masked), and the Laplacian
-encoding's signs are flipped at random (once per trajectory read) as augmentation. For GPT-2
-tasks, `wte_size` rows of the word embedding are sampled and each row's token index is kept as
-the node's `pos_w`. Each window's `window` attribute is (task index, trajectory, start state, shift): its inputs
-are states `start + (shift + i) * stride` for i < ctx.
+what the paper's training does. Per window, inputs and targets are scaled with the inputs'
+per-layer statistics; the inputs become edge features, and the Laplacian encoding's signs are
+flipped at random (once per trajectory read) as augmentation. For GPT-2 tasks, `wte_size` rows
+of the word embedding are sampled and each row's token index is kept as the node's `pos_w`.
+
+Targets stay in parameter space: `WindowBatch.y` is (Q, seq_len) for the Q parameters of all
+windows, and `y_slot` names the edge feature slot whose prediction each row is compared with.
+That holds exactly the values the paper's edge-space targets and mask select (every parameter
+sits in one slot; padding slots and auxiliary edges hold none), without materialising either.
+
+Featurisation works per trajectory read, on all its windows at once: one float16 -> float32
+conversion, per-layer sums for every state (float64, in numpy, so the statistics do not depend
+on torch's thread count), then one scaled slice per window. The static parts of each task's
+graph (edge index, types, slot maps, LPE) are built once per process.
 
 Batch b is drawn from a generator seeded by (seed, b) alone, so the stream is the same for any
-number of DataLoader workers and can resume at any position. Every worker process opens its
-own store handle, and a read fetches only the chunks holding the window's states.
+number of DataLoader workers and can resume at any position. Only trajectories the manifest
+marks `done` are read (unless `only_done=False`); a read that meets a damaged chunk is skipped,
+named in `WindowBatch.skipped`, and replaced by the generator's next draw.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torch_geometric.data import Batch, Data
 
-from nino.graph import EdgeType, NeuralGraph, build_graph, laplacian_pe
-from nino.scaling import apply_scale, scale_states
+from nino.graph import NeuralGraph, build_graph, laplacian_pe
+from nino.scaling import EPS
 
-from .store import TaskGroup, TrajectoryStore
+from .store import DamagedChunkError, TaskGroup, TrajectoryStore
+
+#: Consecutive damaged reads after which a batch gives up (the store is then mostly unreadable).
+MAX_SKIPPED_READS = 64
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,63 @@ class WindowConfig:
 
 
 @dataclass
+class WindowBatch:
+    """Windows as one disconnected graph; targets in parameter space.
+
+    Windows are laid out one after another: window w owns nodes `node_ptr[w]:node_ptr[w+1]`, edges
+    `edge_ptr[w]:edge_ptr[w+1]` and target rows `y_ptr[w]:y_ptr[w+1]`.
+    """
+
+    edge_attr: Tensor  # (E, max_feat_size * ctx) scaled input states, feature-slot major
+    edge_type: Tensor  # (E,)
+    edge_index: Tensor  # (2, E)
+    pos: Tensor | None  # (N, lpe) Laplacian encoding, signs flipped per read
+    pos_w: Tensor  # (N,) word-embedding row + 1 of each node (0: none)
+    y: Tensor  # (Q, seq_len) scaled target states of every parameter of every window
+    y_slot: Tensor  # (Q,) index of each target row's slot in the flat (E * max_feat_size) predictions
+    y_len: Tensor  # (W,) target states each window has (the rest of its seq_len columns are padding)
+    window: Tensor  # (W, 4) task index, trajectory, start state, shift
+    node_ptr: Tensor  # (W + 1,)
+    edge_ptr: Tensor  # (W + 1,)
+    y_ptr: Tensor  # (W + 1,)
+    skipped: list[str] = field(default_factory=list)  # damaged reads left out of this batch
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.window)
+
+    def to(self, device: str | torch.device) -> WindowBatch:
+        return WindowBatch(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
+
+    def pin_memory(self) -> WindowBatch:
+        return WindowBatch(**{f.name: v.pin_memory() if isinstance(v, Tensor) else v
+                              for f in fields(self) for v in [getattr(self, f.name)]})
+
+    def target_mask(self) -> Tensor | None:
+        """(Q, seq_len) True where a target exists; None when every window has all seq_len targets."""
+        seq_len = self.y.shape[1]
+        if bool((self.y_len == seq_len).all()):
+            return None
+        per_row = torch.repeat_interleave(self.y_len, self.y_ptr.diff())
+        return torch.arange(seq_len, device=self.y.device) < per_row.unsqueeze(1)
+
+    def at_targets(self, edge_values: Tensor) -> Tensor:
+        """Per-slot values (E, max_feat_size, ...) -> the rows of the target parameters (Q, ...)."""
+        return edge_values.reshape(-1, *edge_values.shape[2:]).index_select(0, self.y_slot)
+
+    def last_input(self, ctx: int) -> Tensor:
+        """(Q,) the last of the `ctx` scaled input states of every target parameter: "no change"."""
+        return self.at_targets(self.edge_attr.view(len(self.edge_attr), -1, ctx)[:, :, -1])
+
+
+def _move(value, device):
+    return value.to(device) if isinstance(value, Tensor) else value
+
+
+@dataclass
 class _Task:
+    """Per-process state of one task: its store group, graph and the graph's static tensors."""
+
     group: TaskGroup
     trajectories: list[int]
     graph: NeuralGraph
@@ -57,18 +123,24 @@ class _Task:
     stride: int
     max_start: int
     wte_rows: int  # full vocabulary size (0 when not a language model)
-    scale_layout: list[tuple[str, tuple[int, ...]]]
+    layer_starts: np.ndarray  # first parameter of each scaling layer
+    layer_of: Tensor  # (P,) scaling layer of each parameter
+    layer_sizes: np.ndarray
+    slot_of_param: Tensor  # (P,) flat slot of each parameter in (E * max_feat_size)
+    aux_feats: Tensor  # (E * max_feat_size,) feature values of slots that hold no parameter
 
 
 class WindowStream(IterableDataset):
-    """An endless, deterministic stream of batched training windows (torch_geometric `Batch`)."""
+    """An endless, deterministic stream of `WindowBatch`es."""
 
     def __init__(self, store_url: str, config: WindowConfig = WindowConfig(), tasks: Sequence[str] | None = None,
                  trajectories: dict[str, list[int]] | None = None, seed: int = 0, start: int = 0,
-                 shard: tuple[int, int] = (0, 1), storage_options: dict | None = None) -> None:
+                 shard: tuple[int, int] = (0, 1), storage_options: dict | None = None,
+                 only_done: bool = True) -> None:
         """`trajectories` limits each task to some indices (e.g. to hold some out); `start` is the
         first position (batches already consumed); `shard=(rank, world)` gives each of `world`
-        data-parallel processes its own batches: rank r reads batch `p * world + r` at position p."""
+        data-parallel processes its own batches: rank r reads batch `p * world + r` at position p.
+        With `only_done`, trajectories the manifest does not mark `done` are never read."""
         super().__init__()
         self.shard = shard
         self.store_url = store_url
@@ -78,16 +150,22 @@ class WindowStream(IterableDataset):
         self.start = start
         store = TrajectoryStore(store_url, storage_options, mode='r')
         self.task_names = list(tasks) if tasks else store.task_names()
-        self.trajectories = {t: list(range(store.group(t).spec.trajectories)) for t in self.task_names}
+        done = store.manifest().done() if only_done else None
+        self.trajectories = {}
+        for name in self.task_names:
+            group = store.group(name)
+            indices = range(group.spec.trajectories)
+            self.trajectories[name] = [i for i in indices if done is None or (name, i) in done]
         for name, indices in (trajectories or {}).items():
             if name not in self.trajectories:
                 raise ValueError(f'trajectories given for task {name!r}, which is not among {self.task_names}')
-            self.trajectories[name] = list(indices)
+            allowed = set(self.trajectories[name])
+            self.trajectories[name] = [i for i in indices if i in allowed]
         self._tasks: dict[str, _Task] | None = None
         for name in self.task_names:  # validate on the driver: fail before any worker starts
-            self._check_task(store.group(name))
+            self._check_task(store.group(name), only_done)
 
-    def _check_task(self, group: TaskGroup) -> None:
+    def _check_task(self, group: TaskGroup, only_done: bool) -> None:
         spec, c = group.spec, self.config
         if c.step % spec.record_every:
             raise ValueError(f"task '{spec.name}': window step {c.step} is not a multiple of its recording "
@@ -99,93 +177,139 @@ class WindowStream(IterableDataset):
                              f'{c.ctx} inputs, >= {min(c.seq_len, 2 * c.ctx)} targets and {c.samples_per_traj} '
                              f'shifts, {c.step} steps apart (needs more than {need})')
         if not self.trajectories[spec.name]:
-            raise ValueError(f"task '{spec.name}': no trajectories to sample from")
+            why = ' marked done in the manifest' if only_done else ''
+            raise ValueError(f"task '{spec.name}': no trajectories{why} to sample from")
 
     def _open(self) -> dict[str, _Task]:
-        """Per-process state: store handle, neural graphs and their LPE."""
+        """Per-process state: store handle, neural graphs, their LPE and slot maps."""
         if self._tasks is None:
             store = TrajectoryStore(self.store_url, self.storage_options, mode='r')
-            tasks = {}
-            for name in self.task_names:
-                group = store.group(name)
-                spec, c = group.spec, self.config
-                layout = list(group.layout)
-                is_lm = spec.arch['type'] == 'gpt2'
-                wte_rows = 0
-                if is_lm and layout[0][0].endswith('wte.weight') and c.wte_size and c.wte_size < layout[0][1][0]:
-                    wte_rows = layout[0][1][0]
-                    layout[0] = (layout[0][0], (c.wte_size, layout[0][1][1]))
-                graph = build_graph(layout, num_heads=spec.arch.get('n_head'))
-                if graph.max_feat_size > c.max_feat_size:
-                    raise ValueError(f"task '{name}': edges hold {graph.max_feat_size} values, more than "
-                                     f'max_feat_size={c.max_feat_size}')
-                lpe = laplacian_pe(graph.edge_index, graph.num_nodes, c.lpe) if c.lpe else None
-                stride = c.step // spec.record_every
-                max_start = spec.num_states - (c.ctx + min(c.seq_len, 2 * c.ctx) + c.samples_per_traj) * stride
-                n_params = sum(int(np.prod(s)) for _, s in layout)
-                scale_layout = [('all', (n_params,))] if is_lm and c.lm_global_scale else layout
-                tasks[name] = _Task(group, self.trajectories[name], graph, lpe, stride, max_start, wte_rows,
-                                    scale_layout)
-            self._tasks = tasks
+            self._tasks = {name: self._task(store.group(name)) for name in self.task_names}
         return self._tasks
 
-    def batch(self, index: int) -> Batch:
+    def _task(self, group: TaskGroup) -> _Task:
+        spec, c, name = group.spec, self.config, group.name
+        layout = list(group.layout)
+        is_lm = spec.arch['type'] == 'gpt2'
+        wte_rows = 0
+        if is_lm and layout[0][0].endswith('wte.weight') and c.wte_size and c.wte_size < layout[0][1][0]:
+            wte_rows = layout[0][1][0]
+            layout[0] = (layout[0][0], (c.wte_size, layout[0][1][1]))
+        graph = build_graph(layout, num_heads=spec.arch.get('n_head'))
+        if graph.max_feat_size > c.max_feat_size:
+            raise ValueError(f"task '{name}': edges hold {graph.max_feat_size} values, more than "
+                             f'max_feat_size={c.max_feat_size}')
+        lpe = laplacian_pe(graph.edge_index, graph.num_nodes, c.lpe) if c.lpe else None
+        stride = c.step // spec.record_every
+        max_start = spec.num_states - (c.ctx + min(c.seq_len, 2 * c.ctx) + c.samples_per_traj) * stride
+        sizes = [int(np.prod(s)) for _, s in layout]
+        if is_lm and c.lm_global_scale:
+            sizes = [sum(sizes)]
+        # slots of the padded (E, max_feat_size) feature grid; the graph's own grid may be narrower
+        index = torch.full((graph.num_edges, c.max_feat_size), -1, dtype=torch.long)
+        index[:, :graph.max_feat_size] = graph.param_index
+        flat = index.reshape(-1)
+        slots = torch.nonzero(flat >= 0).flatten()
+        slot_of_param = torch.empty(graph.num_params, dtype=torch.long)
+        slot_of_param[flat[slots]] = slots
+        aux = graph.edge_features(torch.zeros(graph.num_params, 1)).view(graph.num_edges, graph.max_feat_size)
+        aux_feats = torch.nn.functional.pad(aux, (0, c.max_feat_size - graph.max_feat_size)).reshape(-1)
+        return _Task(group, self.trajectories[name], graph, lpe, stride, max_start, wte_rows,
+                     np.cumsum([0] + sizes[:-1]), torch.repeat_interleave(torch.arange(len(sizes)),
+                                                                          torch.tensor(sizes)),
+                     np.array(sizes), slot_of_param, aux_feats)
+
+    def batch(self, index: int) -> WindowBatch:
         """Batch number `index` of the stream (the same on every call and in every process)."""
         tasks = self._open()
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0]))
-        graphs = []
-        for _ in range(self.config.batch_size):
-            name = self.task_names[int(torch.randint(len(self.task_names), (), generator=gen))]
-            graphs += self._windows(self.task_names.index(name), tasks[name], gen)
-        return Batch.from_data_list(graphs)
+        reads, skipped = [], []
+        while len(reads) < self.config.batch_size:
+            task_index = int(torch.randint(len(self.task_names), (), generator=gen))
+            task = tasks[self.task_names[task_index]]
+            try:
+                reads.append(self._read(task_index, task, gen))
+            except DamagedChunkError as err:
+                skipped.append(str(err))
+                if len(skipped) >= MAX_SKIPPED_READS:
+                    raise DamagedChunkError(f'{len(skipped)} damaged reads while drawing batch {index}; '
+                                            f'last: {err}') from None
+        return self._assemble(reads, tasks, skipped)
 
-    def _windows(self, task_index: int, task: _Task, gen: torch.Generator) -> list[Data]:
+    def _read(self, task_index: int, task: _Task, gen: torch.Generator) -> dict:
+        """One trajectory read: its states and the draws that go with them."""
         c = self.config
         traj = task.trajectories[int(torch.randint(len(task.trajectories), (), generator=gen))]
         start = int(torch.randint(task.max_start, (), generator=gen))
         ind = np.arange(start, task.group.spec.num_states, task.stride)[:c.seq_len + c.ctx]
-        pos_w = task.graph.pos_w
+        rows = None
         if task.wte_rows:
             rows = torch.randperm(task.wte_rows, generator=gen)[:c.wte_size].sort().values
             dim = task.group.layout[0][1][1]
             cols = (rows.unsqueeze(1) * dim + torch.arange(dim)).flatten().numpy()
-            full = sum(int(np.prod(s)) for _, s in task.group.layout)
-            cols = np.concatenate([cols, np.arange(task.wte_rows * dim, full)])
-            states = task.group.params.get_orthogonal_selection((traj, ind, cols))
-            pos_w = pos_w.clone()
-            pos_w[:c.wte_size] = rows + 1
+            cols = np.concatenate([cols, np.arange(task.wte_rows * dim, task.group.num_params)])
+            states = task.group.read_states(traj, ind, cols)
         else:
-            states = task.group.read_params(traj, ind)
-        x_all = torch.from_numpy(np.ascontiguousarray(states.T)).float()  # (P, len(ind))
-        lpe = None
+            states = task.group.read_states(traj, ind)
+        signs = None
         if task.lpe is not None:
-            lpe = task.lpe * (torch.randint(0, 2, (1, task.lpe.shape[1]), generator=gen) * 2 - 1)
-        aux = task.graph.edge_type >= EdgeType.RESIDUAL
-        out = []
-        for shift in range(c.samples_per_traj):
-            x = x_all[:, shift:shift + c.ctx]
-            y = x_all[:, shift + c.ctx:]
-            x, stats = scale_states(x, task.scale_layout, float64=True)
-            y = apply_scale(y, task.scale_layout, stats)
-            mask = torch.zeros(len(y), c.seq_len)
-            mask[:, :y.shape[1]] = 1
-            y = torch.nn.functional.pad(y, (0, c.seq_len - y.shape[1]))
-            y_mask = self._edges(task.graph, mask, c.seq_len) > 0
-            y_mask[aux] = False
-            out.append(Data(edge_index=task.graph.edge_index, edge_type=task.graph.edge_type,
-                            edge_attr=self._edges(task.graph, x, c.ctx).flatten(1),
-                            y=self._edges(task.graph, y, c.seq_len), y_mask=y_mask, pos=lpe, pos_w=pos_w,
-                            num_nodes=task.graph.num_nodes,
-                            window=torch.tensor([[task_index, traj, start, shift]])))
-        return out
+            signs = torch.randint(0, 2, (1, task.lpe.shape[1]), generator=gen) * 2 - 1
+        return dict(task_index=task_index, task=task, traj=traj, start=start, states=states, rows=rows, signs=signs)
 
-    def _edges(self, graph: NeuralGraph, values: Tensor, width: int) -> Tensor:
-        """(P, width) -> (E, max_feat_size, width), zero-padded feature slots."""
-        e = graph.edge_features(values).view(graph.num_edges, graph.max_feat_size, width)
-        pad = self.config.max_feat_size - graph.max_feat_size
-        return torch.nn.functional.pad(e, (0, 0, 0, pad)) if pad else e
+    def _assemble(self, reads: list[dict], tasks: dict[str, _Task], skipped: list[str]) -> WindowBatch:
+        c = self.config
+        shifts = c.samples_per_traj
+        feat = c.max_feat_size
+        n_nodes = [r['task'].graph.num_nodes for r in reads for _ in range(shifts)]
+        n_edges = [r['task'].graph.num_edges for r in reads for _ in range(shifts)]
+        n_params = [r['task'].graph.num_params for r in reads for _ in range(shifts)]
+        node_ptr, edge_ptr, y_ptr = (torch.tensor(np.cumsum([0] + n)) for n in (n_nodes, n_edges, n_params))
+        edges, params = int(edge_ptr[-1]), int(y_ptr[-1])
+        edge_attr = torch.empty(edges * feat, c.ctx)
+        y = torch.zeros(params, c.seq_len)
+        y_slot = torch.empty(params, dtype=torch.long)
+        y_len = torch.empty(len(n_nodes), dtype=torch.long)
+        edge_index, edge_type, pos, pos_w, window = [], [], [], [], []
+        w = 0
+        for r in reads:
+            task: _Task = r['task']
+            graph = task.graph
+            x = torch.from_numpy(r['states']).float().T.contiguous()  # (P, T)
+            mean, std = _window_stats(r['states'], task, c.ctx, shifts)
+            n_targets = x.shape[1] - c.ctx
+            lpe = None if task.lpe is None else task.lpe * r['signs']
+            node_pos_w = graph.pos_w
+            if r['rows'] is not None:
+                node_pos_w = node_pos_w.clone()
+                node_pos_w[:len(r['rows'])] = r['rows'] + 1
+            for shift in range(shifts):
+                m = torch.from_numpy(mean[shift]).float()[task.layer_of].unsqueeze(1)
+                d = (torch.from_numpy(std[shift]).float() + EPS)[task.layer_of].unsqueeze(1)
+                e0, e1, q0 = int(edge_ptr[w]) * feat, int(edge_ptr[w + 1]) * feat, int(y_ptr[w])
+                block = edge_attr[e0:e1]
+                block.copy_(task.aux_feats.unsqueeze(1).expand(-1, c.ctx))
+                block[task.slot_of_param] = (x[:, shift:shift + c.ctx] - m) / d
+                n = min(c.seq_len, n_targets - shift)
+                torch.div(x[:, shift + c.ctx:shift + c.ctx + n] - m, d, out=y[q0:q0 + graph.num_params, :n])
+                y_slot[q0:q0 + graph.num_params] = task.slot_of_param + e0
+                y_len[w] = n
+                edge_index.append(graph.edge_index + int(node_ptr[w]))
+                edge_type.append(graph.edge_type)
+                pos.append(lpe)
+                pos_w.append(node_pos_w)
+                window.append((r['task_index'], r['traj'], r['start'], shift))
+                w += 1
+        return WindowBatch(edge_attr=edge_attr.view(edges, feat * c.ctx), edge_type=torch.cat(edge_type),
+                           edge_index=torch.cat(edge_index, dim=1),
+                           pos=None if any(p is None for p in pos) else torch.cat(pos), pos_w=torch.cat(pos_w),
+                           y=y, y_slot=y_slot, y_len=y_len, window=torch.tensor(window), node_ptr=node_ptr,
+                           edge_ptr=edge_ptr, y_ptr=y_ptr, skipped=skipped)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __getstate__(self) -> dict:
+        """Workers open their own store handles (tensorstore's threads do not survive a fork)."""
+        return {**self.__dict__, '_tasks': None}
+
+    def __iter__(self) -> Iterator[WindowBatch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rank, world = self.shard
@@ -195,7 +319,30 @@ class WindowStream(IterableDataset):
             position += workers
 
 
+def _window_stats(states: np.ndarray, task: _Task, ctx: int, shifts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer mean and unbiased std of the inputs of each shift: (shifts, L) each, float64.
+
+    Sums per state and layer are taken once for the read (float64, numpy: independent of thread
+    counts), then each shift adds its ctx states' sums.
+    """
+    x = torch.from_numpy(states).double().numpy()  # torch converts float16 with vector instructions
+    s1 = np.add.reduceat(x, task.layer_starts, axis=1)  # (T, L)
+    s2 = np.add.reduceat(x * x, task.layer_starts, axis=1)
+    n = task.layer_sizes * ctx
+    mean = np.empty((shifts, len(n)))
+    std = np.empty((shifts, len(n)))
+    for shift in range(shifts):
+        total, squares = s1[shift:shift + ctx].sum(0), s2[shift:shift + ctx].sum(0)
+        mean[shift] = total / n
+        std[shift] = np.sqrt(np.maximum(squares - total * mean[shift], 0.0) / (n - 1))
+    return mean, std
+
+
 def window_loader(stream: WindowStream, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over a stream: batches arrive in index order whatever the worker count."""
+    """A DataLoader over a stream: batches arrive in index order whatever the worker count.
+
+    Workers start from a fork server, not a fork of this process: tensorstore's reader threads
+    refuse to be forked."""
     return DataLoader(stream, batch_size=None, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers else None)
+                      persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers else None,
+                      multiprocessing_context='forkserver' if num_workers else None)

@@ -27,6 +27,10 @@ SCHEMA = pa.schema([
 Key = tuple[str, int]
 
 
+class ManifestError(ValueError):
+    """A manifest file that cannot be read; the message names it."""
+
+
 class Manifest:
     """Rows keyed by (task, index); `upsert` writes the file."""
 
@@ -35,8 +39,15 @@ class Manifest:
         self.path = path
         self.rows: dict[Key, dict[str, Any]] = {}
         if fs.exists(path):
-            with fs.open(path, 'rb') as f:
-                table = pq.read_table(f)
+            try:
+                with fs.open(path, 'rb') as f:
+                    table = pq.read_table(f)
+            except (pa.ArrowException, OSError) as err:
+                raise ManifestError(f'{path}: not a readable manifest ({type(err).__name__}: {err}); the store '
+                                    f'arrays are untouched: restore the file or move it aside') from None
+            missing = sorted(set(SCHEMA.names) - set(table.column_names))
+            if missing:
+                raise ManifestError(f'{path}: manifest lacks column(s) {missing}')
             for row in table.to_pylist():
                 self.rows[(row['task'], row['index'])] = row
 

@@ -4,13 +4,20 @@
       zarr.json                 root group, attrs: format, version, tasks (names of the task groups)
       manifest.parquet          one row per trajectory (see pipeline.manifest)
       <task>/                   attrs: spec, layout [(name, shape)], metrics, params_codec
-        params                  (n_traj, n_states, n_params) float16, chunks (1, chunk_states, n_params)
+        params                  (n_traj, n_states, n_params) float16
         metrics                 (n_traj, n_states, n_metrics) float32, chunks (1, n_states, n_metrics)
         steps                   (n_states,) int64: optimizer step of each state
 
-A chunk never spans two trajectories, so every trajectory is written by one process without
-touching another's chunks. Every chunk carries a CRC32C, so a damaged chunk fails to decode (and
-`verify` names it) instead of returning wrong numbers. Stores are local paths, fsspec URLs
+Version 2 (written by default) lays `params` out for window reads: shards of `shard_states`
+states of one trajectory, one state per inner chunk, so reading any set of states decodes only
+those states. Version 1 stores (chunks of ~4 MiB of consecutive states, delta-coded along time)
+stay readable and appendable; `pipeline.migrate` rewrites them as version 2. Local version-2
+stores are read through tensorstore (fast), everything else through zarr-python.
+
+A chunk or shard never spans two trajectories, so every trajectory is written by one process
+without touching another's. Every chunk carries a CRC32C, so a damaged chunk fails to decode
+(`DamagedChunkError` names task, trajectory and chunk; `verify` reports it) instead of
+returning wrong numbers. Stores are local paths, fsspec URLs
 (`s3://...`, `memory://...`, `simplecache::s3://...` for a local chunk cache) or
 `hf://datasets/OWNER/NAME[@REV]/FOLDER` (read-only, fetched key by key into the hub cache; see
 pipeline.hub). The layout is documented in docs/store-format.md.
@@ -32,8 +39,10 @@ from .manifest import Manifest
 from .tasks import TaskSpec
 
 FORMAT = 'nino-trajectories'
-VERSION = 1
-CHUNK_BYTES = 4 << 20  # target size of one params chunk before compression
+VERSION = 2  # written by default
+KNOWN_VERSIONS = (1, 2)
+CHUNK_BYTES = 4 << 20  # version 1: target size of one params chunk before compression
+SHARD_BYTES = 32 << 20  # version 2: target size of one params shard before compression
 
 #: Candidate params codecs: name -> (filters, compressors); every chain ends with a CRC32C.
 PARAMS_CODECS: dict[str, tuple[list, list]] = {
@@ -45,9 +54,11 @@ PARAMS_CODECS: dict[str, tuple[list, list]] = {
     'delta-blosc-lz4-shuffle': ([TimeDeltaCodec(axis=1)],
                                 [BloscCodec(cname='lz4', clevel=5, shuffle='shuffle'), Crc32cCodec()]),
 }
-#: Chosen by measurement (benchmarks/collect.py, docs/benchmarks.md): the smallest store at a
-#: write speed far above what training produces.
+#: Version 1 default, chosen by measurement (benchmarks/collect.py, docs/benchmarks.md): the smallest
+#: store at a write speed far above what training produces.
 DEFAULT_PARAMS_CODEC = 'delta-blosc-zstd-shuffle'
+#: Version 2 codec of each one-state inner chunk, chosen by measurement (benchmarks/store_layout.py).
+V2_PARAMS_CODEC = 'blosc-zstd-shuffle'
 #: Dataset location fields: machine-specific, so not compared when a store is reopened.
 _LOCATION_FIELDS = ('root', 'path')
 
@@ -56,9 +67,20 @@ class StoreError(ValueError):
     """A store or task group that does not match what the caller expects."""
 
 
-def chunk_states(n_states: int, n_params: int) -> int:
-    """States per params chunk: about CHUNK_BYTES of float16, at least 1."""
-    return max(1, min(n_states, CHUNK_BYTES // (2 * n_params)))
+class DamagedChunkError(StoreError):
+    """A params chunk whose bytes fail their checksum or do not decode."""
+
+
+def chunk_states(n_states: int, n_params: int, target: int | None = None) -> int:
+    """States per params chunk (or shard): about `target` (default CHUNK_BYTES) bytes of float16, at least 1."""
+    return max(1, min(n_states, (target or CHUNK_BYTES) // (2 * n_params)))
+
+
+def _local_path(url: str) -> Path | None:
+    """The folder of a store on local disk, or None for fsspec URLs and hub stores."""
+    if url.startswith('file://'):
+        return Path(url[len('file://'):])
+    return None if '://' in url else Path(url)
 
 
 def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
@@ -70,8 +92,9 @@ def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
 class TaskGroup:
     """One task's arrays in the store."""
 
-    def __init__(self, group: zarr.Group) -> None:
+    def __init__(self, group: zarr.Group, local: Path | None = None) -> None:
         self.group = group
+        self._local = local  # the params array's folder when the store is on local disk
         attrs = group.attrs.asdict()
         self.spec = TaskSpec.from_dict(attrs['spec'])
         self.layout: list[tuple[str, tuple[int, ...]]] = [(n, tuple(s)) for n, s in attrs['layout']]
@@ -85,8 +108,21 @@ class TaskGroup:
         return self.spec.name
 
     @property
+    def num_params(self) -> int:
+        return self.params.shape[2]
+
+    @property
+    def sharded(self) -> bool:
+        return self.params.shards is not None
+
+    @property
     def chunk_states(self) -> int:
-        return self.params.chunks[1]
+        """States a writer should hand over at once: one chunk (version 1) or one shard (version 2)."""
+        return (self.params.shards or self.params.chunks)[1]
+
+    def chunk_key(self, index: int, state: int) -> str:
+        """The stored object (chunk or shard file) that holds a state."""
+        return f'{self.name}/params/c/{index}/{state // self.chunk_states}/0'
 
     def write_states(self, index: int, start: int, block: np.ndarray) -> None:
         self.params[index, start:start + len(block), :] = block
@@ -95,7 +131,53 @@ class TaskGroup:
         self.metrics[index] = metrics
 
     def read_params(self, index: int, states: slice | np.ndarray = slice(None)) -> np.ndarray:
-        return self.params[index, states, :]
+        try:
+            return self.params[index, states, :]
+        except (ValueError, RuntimeError) as err:
+            raise self._damaged(index, states, err) from None
+
+    def read_states(self, index: int, states: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+        """(len(states), n_params or len(columns)) float16 of one trajectory; only the chunks that hold
+        those states are read. A damaged chunk raises `DamagedChunkError` naming it."""
+        try:
+            fast = self._tensorstore()
+            if fast is not None:
+                out = fast[index, states, :].read().result()
+                return out if columns is None else out[:, columns]
+            if columns is None:
+                return self.params.get_orthogonal_selection((index, states, slice(None)))
+            return self.params.get_orthogonal_selection((index, states, columns))
+        except (ValueError, RuntimeError) as err:
+            raise self._damaged(index, states, err) from None
+
+    def _tensorstore(self):
+        """A tensorstore view of a local sharded params array (opened once per process), else None."""
+        if self._local is None or not self.sharded:
+            return None
+        if not hasattr(self, '_ts'):
+            import tensorstore as ts
+            self._ts = ts.open({'driver': 'zarr3', 'kvstore': {'driver': 'file', 'path': str(self._local)}},
+                               read=True).result()
+        return self._ts
+
+    def _damaged(self, index: int, states: slice | np.ndarray, err: Exception) -> DamagedChunkError:
+        """The error for a failed read, naming the stored object (and state) that fails on its own."""
+        wanted = range(self.params.shape[1])[states] if isinstance(states, slice) else states
+        where = next((int(s) for s in sorted(set(int(s) for s in wanted)) if not self._readable(index, int(s))),
+                     None)
+        what = '?' if where is None else self.chunk_key(index, where)
+        if where is not None and self.sharded:
+            what += f' (state {where})'
+        return DamagedChunkError(f"task '{self.name}', trajectory {index}: chunk {what} cannot be read "
+                                 f'({type(err).__name__}: {str(err).splitlines()[0][:200]})')
+
+    def _readable(self, index: int, state: int) -> bool:
+        """Whether one state reads back (zarr-python decodes it and checks its chunk's CRC32C)."""
+        try:
+            self.params[index, state, :]
+            return True
+        except (ValueError, RuntimeError):
+            return False
 
     def read_metrics(self, index: int) -> np.ndarray:
         return self.metrics[index]
@@ -104,7 +186,9 @@ class TaskGroup:
 class TrajectoryStore:
     """Open (creating if needed) a trajectory store at a local path or fsspec URL."""
 
-    def __init__(self, url: str | Path, storage_options: dict[str, Any] | None = None, mode: str = 'a') -> None:
+    def __init__(self, url: str | Path, storage_options: dict[str, Any] | None = None, mode: str = 'a',
+                 version: int = VERSION) -> None:
+        """`version` is the layout of a store created here; an existing store keeps its own."""
         self.url = str(url)
         self.storage_options = storage_options or {}
         self.hub: HubStore | None = None
@@ -126,9 +210,13 @@ class TrajectoryStore:
             self.root = zarr.open_group(self.url, mode=mode, zarr_format=3, **kwargs)
         fmt = self.root.attrs.get('format')
         if fmt is None and mode != 'r':
-            self.root.attrs.update({'format': FORMAT, 'version': VERSION})
+            self.root.attrs.update({'format': FORMAT, 'version': version})
         elif fmt != FORMAT:
             raise StoreError(f'{self.url}: not a trajectory store (format={fmt!r})')
+        self.version = self.root.attrs.get('version')
+        if self.version not in KNOWN_VERSIONS:
+            raise StoreError(f'{self.url}: store format version {self.version!r} is not one this code reads '
+                             f'({", ".join(map(str, KNOWN_VERSIONS))}); update the toolkit')
 
     def _fs_path(self) -> tuple[fsspec.AbstractFileSystem, str]:
         fs, path = fsspec.core.url_to_fs(self.url, **self.storage_options)
@@ -149,11 +237,13 @@ class TrajectoryStore:
     def group(self, name: str) -> TaskGroup:
         if name not in self.task_names():
             raise StoreError(f'{self.url}: no task group {name!r} (have: {self.task_names()})')
-        return TaskGroup(self.root[name])
+        local = _local_path(self.url)
+        return TaskGroup(self.root[name], None if local is None else local / name / 'params')
 
     def ensure_group(self, spec: TaskSpec, layout: list[tuple[str, tuple[int, ...]]],
-                     metric_names: list[str], codec: str = DEFAULT_PARAMS_CODEC) -> TaskGroup:
-        """The task's group, created on first use; a different existing spec is an error."""
+                     metric_names: list[str], codec: str | None = None) -> TaskGroup:
+        """The task's group, created on first use in the store's layout version; a different existing
+        spec is an error. `codec` overrides the version's params codec."""
         if spec.name in self.task_names():
             group = self.group(spec.name)
             old, new = _comparable(group.spec.to_dict()), _comparable(spec.to_dict())
@@ -165,18 +255,22 @@ class TrajectoryStore:
             return group
         n_params = sum(int(np.prod(s)) for _, s in layout)
         n_states = spec.num_states
+        codec = codec or (V2_PARAMS_CODEC if self.version >= 2 else DEFAULT_PARAMS_CODEC)
         if codec not in PARAMS_CODECS:
             raise StoreError(f'unknown params codec {codec!r} (known: {sorted(PARAMS_CODECS)})')
         filters, compressors = PARAMS_CODECS[codec]
+        if self.version >= 2:
+            blocks = dict(chunks=(1, 1, n_params), shards=(1, chunk_states(n_states, n_params, SHARD_BYTES), n_params))
+        else:
+            blocks = dict(chunks=(1, chunk_states(n_states, n_params), n_params))
         g = self.root.create_group(spec.name)
         self.root.attrs['tasks'] = self.task_names() + [spec.name]
         g.attrs.update({'spec': spec.to_dict(), 'layout': [[n, list(s)] for n, s in layout],
                         'metrics': list(metric_names), 'params_codec': codec})
         g.create_array('params', shape=(spec.trajectories, n_states, n_params), dtype='float16',
-                       chunks=(1, chunk_states(n_states, n_params), n_params),
-                       filters=filters, compressors=compressors, fill_value=np.nan)
+                       filters=filters, compressors=compressors, fill_value=np.nan, **blocks)
         g.create_array('metrics', shape=(spec.trajectories, n_states, len(metric_names)), dtype='float32',
                        chunks=(1, n_states, len(metric_names)), compressors=[Crc32cCodec()], fill_value=np.nan)
         steps = g.create_array('steps', shape=(n_states,), dtype='int64', chunks=(n_states,))
         steps[:] = np.arange(n_states, dtype=np.int64) * spec.record_every
-        return TaskGroup(g)
+        return self.group(spec.name)

@@ -128,3 +128,27 @@ def bpe_folder(tmp_path_factory):
     bpe.train([str(require(TEXT))], vocab_size=300, special_tokens=['<|endoftext|>'], show_progress=False)
     bpe.save_model(str(folder))
     return folder
+
+
+class Window:
+    """One window of a batch, cut out with the batch's pointers."""
+
+    def __init__(self, batch, w: int, ctx: int = 5) -> None:
+        e0, e1 = batch.edge_ptr[w:w + 2].tolist()
+        n0, n1 = batch.node_ptr[w:w + 2].tolist()
+        q0, q1 = batch.y_ptr[w:w + 2].tolist()
+        self.edge_attr = batch.edge_attr[e0:e1]
+        self.edge_type = batch.edge_type[e0:e1]
+        self.edge_index = batch.edge_index[:, e0:e1] - n0
+        self.pos = None if batch.pos is None else batch.pos[n0:n1]
+        self.pos_w = batch.pos_w[n0:n1]
+        self.y = batch.y[q0:q1]
+        self.y_len = int(batch.y_len[w])
+        feat = batch.edge_attr.shape[1] // ctx
+        self.y_slot = batch.y_slot[q0:q1] - e0 * feat
+        self.window = batch.window[w]
+
+
+def windows_of(batch, ctx: int = 5) -> list[Window]:
+    """The windows of a `WindowBatch`, each cut out with the batch's pointers."""
+    return [Window(batch, w, ctx) for w in range(batch.num_windows)]

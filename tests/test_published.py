@@ -22,7 +22,7 @@ from pipeline.loader import WindowConfig, WindowStream
 from pipeline.published import REPO_ID, REVISION, published_task
 from pipeline.store import TrajectoryStore
 from pipeline.verify import verify_store
-from tests.conftest import fake_hub_cache, write_published
+from tests.conftest import fake_hub_cache, windows_of, write_published
 
 ray = pytest.importorskip('ray')
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,19 +75,19 @@ def test_converted_store_keeps_the_published_window_semantics(published, convert
     stream = WindowStream(str(converted), cfg, tasks=['fm-16'], seed=0)
     layout = TrajectoryStore(converted, mode='r').group('fm-16').layout
     graph = build_graph(layout)
-    for g in stream.batch(0).to_data_list():
-        _, traj, start, shift = g.window[0].tolist()
+    for g in windows_of(stream.batch(0)):
+        _, traj, start, shift = g.window.tolist()
         ind = np.arange(start, 1000, 50)[:45]  # every 50th state = 200 Adam steps apart
         raw = torch.from_numpy(arrays['fm-16.dat'][traj, ind[shift:shift + 5]].T.astype(np.float32))
         assert torch.allclose(g.edge_attr, graph.edge_features(scale_states(raw, layout)[0]), atol=1e-6)
         n_targets = min(40, len(ind) - shift - 5)
-        assert g.y_mask[:, 0, :n_targets].any(0).all() and not g.y_mask[:, :, n_targets:].any()
-    lm = WindowStream(str(converted), WindowConfig(step=200, seq_len=40, samples_per_traj=1, batch_size=1),
-                      tasks=['lm1b-3-24'], seed=0).batch(0).to_data_list()[0]
-    _, traj, start, shift = lm.window[0].tolist()
+        assert g.y_len == n_targets and g.y[:, :n_targets].abs().sum(0).all() and not g.y[:, n_targets:].any()
+    lm = windows_of(WindowStream(str(converted), WindowConfig(step=200, seq_len=40, samples_per_traj=1,
+                                                              batch_size=1), tasks=['lm1b-3-24'], seed=0).batch(0))[0]
+    _, traj, start, shift = lm.window.tolist()
     assert 0 <= start <= 17 - 16  # every state (200 steps apart), 5 inputs and >= 10 targets
     n_targets = 17 - start - 5
-    assert lm.y_mask[:, 0, :n_targets].any(0).all() and not lm.y_mask[:, :, n_targets:].any()
+    assert lm.y_len == n_targets and lm.y[:, :n_targets].abs().sum(0).all() and not lm.y[:, n_targets:].any()
     assert (lm.pos_w[:1000] > 0).all() and int(lm.pos_w.max()) <= 50257
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
+from pipeline.manifest import ManifestError
 from pipeline.record import METRICS
-from pipeline.store import PARAMS_CODECS, StoreError, TrajectoryStore, chunk_states
+from pipeline.store import PARAMS_CODECS, DamagedChunkError, StoreError, TrajectoryStore, chunk_states
 from pipeline.tasks import TaskSpec
 
 LAYOUT = [('a.weight', (30, 20)), ('a.bias', (30,))]
@@ -87,3 +90,84 @@ def test_chained_fsspec_url_reads_through_a_local_cache(tmp_path):
     group.write_states(0, 0, x)
     cached = TrajectoryStore(f'simplecache::{(tmp_path / "s").as_uri()}', mode='r')
     assert np.array_equal(cached.group('toy').read_params(0).view(np.uint16), x.view(np.uint16))
+
+
+def _write(tmp_path, version: int, name: str = 's') -> tuple[TrajectoryStore, np.ndarray]:
+    spec = _spec(steps=400)  # 101 states
+    store = TrajectoryStore(tmp_path / name, version=version)
+    group = store.ensure_group(spec, LAYOUT, list(METRICS))
+    x = _states(spec.num_states, 5)
+    for start in range(0, len(x), group.chunk_states):
+        group.write_states(1, start, x[start:start + group.chunk_states])
+    return store, x
+
+
+def test_version_2_reads_touch_only_the_states_asked_for(tmp_path, monkeypatch):
+    monkeypatch.setattr('pipeline.store.SHARD_BYTES', 40 * 630 * 2)  # 40 states per shard
+    store, x = _write(tmp_path, 2)
+    group = TrajectoryStore(tmp_path / 's', mode='r').group('toy')
+    assert store.version == 2 and group.sharded and group.chunk_states == 40
+    assert group.params.chunks == (1, 1, 630) and group.params.shards == (1, 40, 630)
+    shards = sorted(p.relative_to(tmp_path / 's' / 'toy' / 'params').as_posix()
+                    for p in (tmp_path / 's' / 'toy' / 'params' / 'c').rglob('*') if p.is_file())
+    assert shards == ['c/1/0/0', 'c/1/1/0', 'c/1/2/0']  # one file per trajectory span
+    ind = np.arange(3, 101, 20)
+    cols = np.array([5, 7, 600])
+    assert group._tensorstore() is not None  # local version-2 stores read through tensorstore
+    assert np.array_equal(group.read_states(1, ind).view(np.uint16), x[ind].view(np.uint16))
+    assert np.array_equal(group.read_states(1, ind, cols).view(np.uint16), x[ind][:, cols].view(np.uint16))
+    assert group.chunk_key(1, 85) == 'toy/params/c/1/2/0'
+
+
+def test_version_1_stores_stay_readable_and_appendable(tmp_path):
+    store, x = _write(tmp_path, 1)
+    again = TrajectoryStore(tmp_path / 's')  # reopened for writing: keeps its version
+    assert again.version == 1 and again.root.attrs['version'] == 1
+    group = again.group('toy')
+    assert not group.sharded and group.params.chunks[1] == group.chunk_states
+    ind = np.arange(0, 101, 7)
+    assert group._tensorstore() is None  # delta-coded chunks: zarr-python reads them
+    assert np.array_equal(group.read_states(1, ind).view(np.uint16), x[ind].view(np.uint16))
+    group.write_states(0, 0, x[:10])
+    assert np.array_equal(group.read_params(0, slice(0, 10)).view(np.uint16), x[:10].view(np.uint16))
+
+
+def test_a_format_version_the_code_does_not_know_is_named(tmp_path):
+    store = TrajectoryStore(tmp_path / 's')
+    store.root.attrs['version'] = 7
+    for mode in ('r', 'a'):
+        with pytest.raises(StoreError, match=r"format version 7 is not one this code reads \(1, 2\)"):
+            TrajectoryStore(tmp_path / 's', mode=mode)
+
+
+@pytest.mark.parametrize('version', [1, 2])
+def test_a_damaged_chunk_is_named_with_task_trajectory_and_chunk(tmp_path, version, monkeypatch):
+    for name in ('CHUNK_BYTES', 'SHARD_BYTES'):
+        monkeypatch.setattr(f'pipeline.store.{name}', 40 * 630 * 2)  # 40 states per chunk (v1) or shard (v2)
+    store, x = _write(tmp_path, version)
+    group = store.group('toy')
+    key = group.chunk_key(1, 50)
+    path = tmp_path / 's' / key
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    reader = TrajectoryStore(tmp_path / 's', mode='r').group('toy')
+    bad = [i for i in range(101) if not reader._readable(1, i)]
+    assert bad and all(reader.chunk_key(1, i) == key for i in bad)
+    message = f"task 'toy', trajectory 1: chunk {key}" + (f' (state {bad[0]})' if version == 2 else '')
+    with pytest.raises(DamagedChunkError, match=re.escape(message + ' cannot be read')):
+        reader.read_states(1, np.arange(0, 101))
+    with pytest.raises(DamagedChunkError, match=re.escape(message + ' cannot be read')):
+        reader.read_params(1)
+    fine = np.array([i for i in range(101) if reader.chunk_key(1, i) != key or (version == 2 and i not in bad)])
+    assert np.array_equal(reader.read_states(1, fine).view(np.uint16), x[fine].view(np.uint16))
+
+
+def test_a_garbage_manifest_is_named(tmp_path):
+    store = TrajectoryStore(tmp_path / 's')
+    (tmp_path / 's' / 'manifest.parquet').write_bytes(b'not parquet at all')
+    with pytest.raises(ManifestError, match=r'manifest.parquet: not a readable manifest'):
+        store.manifest()
+    (tmp_path / 's' / 'manifest.parquet').write_bytes(b'')
+    with pytest.raises(ManifestError, match=r'manifest.parquet: not a readable manifest'):
+        store.manifest()

@@ -246,3 +246,20 @@ def test_logs_are_closed_when_training_diverges(small_store, tmp_path, monkeypat
     assert len(closed) == 1
     rows = _losses(tmp_path / 'run')
     assert len(rows) == 3  # every non-finite event reached the CSV before the error
+
+
+def test_a_damaged_chunk_is_skipped_named_and_counted(small_store, tmp_path):
+    from tests.test_loader import damage
+    store = tmp_path / 'damaged'
+    shutil.copytree(small_store, store)
+    key = damage(store, 'fm-16', 1, 10)
+    summary = train(_cfg(store, tmp_path / 'run', steps=12), progress=False)
+    assert summary['step'] == 12 and np.isfinite(summary['losses']).all() and summary['damaged_reads'] > 0
+    with open(tmp_path / 'run' / 'log.csv') as f:
+        events = [r['event'] for r in csv.DictReader(f) if r['event'].startswith('damaged')]
+    assert len(events) == summary['damaged_reads']
+    assert all(f"task 'fm-16', trajectory 1: chunk {key}" in e for e in events)
+    done = subprocess.run([sys.executable, '-m', 'pipeline', 'stream', str(store), '--step', '8', '--batches', '6'],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"skipped a damaged read: task 'fm-16', trajectory 1: chunk {key}" in done.stdout

@@ -1,0 +1,109 @@
+"""Store layouts for window reads: bytes on disk, write speed and window-read speed.
+
+    python benchmarks/store_layout.py STORE [--task fm-16] [--trajectory 0] [--stride 50]
+
+Takes one recorded trajectory of a task group of STORE (real states), writes it in each
+candidate layout under runs/bench-layouts/, and reads windows of 45 states `stride` states apart
+(5 inputs + 40 targets, as the paper's loader reads them) with zarr-python and with tensorstore.
+Ratio is stored bytes over raw float16 bytes; MB/s are of raw float16 states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import zarr
+from common import ROOT
+from zarr.codecs import BloscCodec, Crc32cCodec
+
+from pipeline.codecs import TimeDeltaCodec
+from pipeline.store import TrajectoryStore
+
+OUT = ROOT / 'runs' / 'bench-layouts'
+
+
+def blosc(cname: str, level: int, shuffle: str = 'shuffle') -> list:
+    return [BloscCodec(cname=cname, clevel=level, shuffle=shuffle), Crc32cCodec()]
+
+
+def layouts(n_states: int, n_params: int) -> dict[str, dict]:
+    v1_chunk = max(1, min(n_states, (4 << 20) // (2 * n_params)))
+    shard = max(1, min(n_states, (32 << 20) // (2 * n_params)))
+    one = dict(chunks=(1, 1, n_params), shards=(1, shard, n_params))
+    return {
+        f'v1: chunks of {v1_chunk} states, delta + blosc-zstd': dict(
+            chunks=(1, v1_chunk, n_params), filters=[TimeDeltaCodec(axis=1)], compressors=blosc('zstd', 3)),
+        f'shards of {shard}, 1 state per chunk, blosc-zstd-3': dict(**one, compressors=blosc('zstd', 3)),
+        f'shards of {shard}, 1 state per chunk, blosc-zstd-1': dict(**one, compressors=blosc('zstd', 1)),
+        f'shards of {shard}, 1 state per chunk, blosc-lz4-5': dict(**one, compressors=blosc('lz4', 5)),
+        f'shards of {shard}, 1 state per chunk, blosc-zstd-3 bitshuffle': dict(
+            **one, compressors=blosc('zstd', 3, 'bitshuffle')),
+        f'shards of {shard}, 5 states per chunk, delta + blosc-zstd-3': dict(
+            chunks=(1, 5, n_params), shards=(1, shard - shard % 5 or 5, n_params),
+            filters=[TimeDeltaCodec(axis=1)], compressors=blosc('zstd', 3)),
+    }
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob('*') if f.is_file())
+
+
+def window_reads(n_states: int, stride: int, count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    span = 45 * stride
+    return [np.arange(s, n_states, stride)[:45] for s in rng.integers(0, max(1, n_states - span), count)]
+
+
+def read_rate(read, reads: list[np.ndarray], state_bytes: int) -> float:
+    read(reads[0])
+    start = time.perf_counter()
+    for ind in reads:
+        read(ind)
+    return sum(len(r) for r in reads) * state_bytes / (time.perf_counter() - start) / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('store')
+    parser.add_argument('--task', default='fm-16')
+    parser.add_argument('--trajectory', type=int, default=0)
+    parser.add_argument('--stride', type=int, default=50, help='states between the states of a window')
+    parser.add_argument('--reads', type=int, default=20)
+    args = parser.parse_args()
+    import tensorstore as ts
+
+    group = TrajectoryStore(args.store, mode='r').group(args.task)
+    traj = group.read_params(args.trajectory)
+    n_states, n_params = traj.shape
+    raw = traj.nbytes
+    reads = window_reads(n_states, args.stride, args.reads)
+    print(f'{args.task} trajectory {args.trajectory}: {n_states} states x {n_params:,} parameters '
+          f'({raw / 1e6:.1f} MB raw float16); windows of 45 states {args.stride} apart')
+    print('| layout | bytes / raw | write MB/s | window read MB/s, zarr-python | window read MB/s, tensorstore |')
+    print('|---|---:|---:|---:|---:|')
+    for name, kwargs in layouts(n_states, n_params).items():
+        path = OUT / args.task / name.split(':')[0].replace(' ', '_').replace(',', '')
+        shutil.rmtree(path, ignore_errors=True)
+        array = zarr.create_array(str(path), shape=(1, n_states, n_params), dtype='float16', **kwargs)
+        start = time.perf_counter()
+        step = (kwargs.get('shards') or kwargs['chunks'])[1]
+        for s in range(0, n_states, step):
+            array[0, s:s + step] = traj[s:s + step]
+        write = raw / (time.perf_counter() - start) / 1e6
+        back = zarr.open_array(str(path), mode='r')
+        assert np.array_equal(back[0].view(np.uint16), traj.view(np.uint16)), name
+        zp = read_rate(lambda ind, a=back: a.get_orthogonal_selection((0, ind, slice(None))), reads, 2 * n_params)
+        try:
+            t = ts.open({'driver': 'zarr3', 'kvstore': {'driver': 'file', 'path': str(path)}}).result()
+            tsr = f'{read_rate(lambda ind, a=t: a[0, ind, :].read().result(), reads, 2 * n_params):.0f}'
+        except ValueError:
+            tsr = 'n/a (codec)'
+        print(f'| {name} | {folder_bytes(path) / raw:.3f} | {write:.0f} | {zp:.0f} | {tsr} |', flush=True)
+
+
+if __name__ == '__main__':
+    main()
