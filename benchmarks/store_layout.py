@@ -4,7 +4,8 @@
 
 Takes one recorded trajectory of a task group of STORE (real states), writes it in each
 candidate layout under runs/bench-layouts/, and reads windows of 45 states `stride` states apart
-(5 inputs + 40 targets, as the paper's loader reads them) with zarr-python and with tensorstore.
+(5 inputs + 40 targets, as the paper's loader reads them) with zarr-python, tensorstore and
+`pipeline.shards` (this project's reader for sharded arrays).
 Ratio is stored bytes over raw float16 bytes; MB/s are of raw float16 states.
 """
 
@@ -21,6 +22,7 @@ from common import ROOT
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from pipeline.codecs import TimeDeltaCodec
+from pipeline.shards import local_reader
 from pipeline.store import TrajectoryStore
 
 OUT = ROOT / 'runs' / 'bench-layouts'
@@ -33,19 +35,15 @@ def blosc(cname: str, level: int, shuffle: str = 'shuffle') -> list:
 def layouts(n_states: int, n_params: int) -> dict[str, dict]:
     v1_chunk = max(1, min(n_states, (4 << 20) // (2 * n_params)))
     shard = max(1, min(n_states, (32 << 20) // (2 * n_params)))
-    one = dict(chunks=(1, 1, n_params), shards=(1, shard, n_params))
-    return {
-        f'v1: chunks of {v1_chunk} states, delta + blosc-zstd': dict(
-            chunks=(1, v1_chunk, n_params), filters=[TimeDeltaCodec(axis=1)], compressors=blosc('zstd', 3)),
-        f'shards of {shard}, 1 state per chunk, blosc-zstd-3': dict(**one, compressors=blosc('zstd', 3)),
-        f'shards of {shard}, 1 state per chunk, blosc-zstd-1': dict(**one, compressors=blosc('zstd', 1)),
-        f'shards of {shard}, 1 state per chunk, blosc-lz4-5': dict(**one, compressors=blosc('lz4', 5)),
-        f'shards of {shard}, 1 state per chunk, blosc-zstd-3 bitshuffle': dict(
-            **one, compressors=blosc('zstd', 3, 'bitshuffle')),
-        f'shards of {shard}, 5 states per chunk, delta + blosc-zstd-3': dict(
-            chunks=(1, 5, n_params), shards=(1, shard - shard % 5 or 5, n_params),
-            filters=[TimeDeltaCodec(axis=1)], compressors=blosc('zstd', 3)),
-    }
+    delta = [TimeDeltaCodec(axis=1)]
+    out = {f'v1: chunks of {v1_chunk} states, delta + blosc-zstd-3': dict(
+        chunks=(1, v1_chunk, n_params), filters=delta, compressors=blosc('zstd', 3))}
+    for k in (1, 2, 3):
+        shards = dict(chunks=(1, k, n_params), shards=(1, max(k, shard - shard % k), n_params))
+        for cname, level in (('zstd', 1), ('zstd', 3), ('lz4', 5)):
+            name = f'shards, {k} state{"s" if k > 1 else ""} per chunk, {"delta + " if k > 1 else ""}blosc-{cname}-{level}'
+            out[name] = dict(**shards, filters=delta if k > 1 else [], compressors=blosc(cname, level))
+    return out
 
 
 def folder_bytes(path: Path) -> int:
@@ -83,8 +81,8 @@ def main() -> None:
     reads = window_reads(n_states, args.stride, args.reads)
     print(f'{args.task} trajectory {args.trajectory}: {n_states} states x {n_params:,} parameters '
           f'({raw / 1e6:.1f} MB raw float16); windows of 45 states {args.stride} apart')
-    print('| layout | bytes / raw | write MB/s | window read MB/s, zarr-python | window read MB/s, tensorstore |')
-    print('|---|---:|---:|---:|---:|')
+    print('| layout | bytes / raw | write MB/s | window read MB/s: zarr-python | tensorstore | pipeline.shards |')
+    print('|---|---:|---:|---:|---:|---:|')
     for name, kwargs in layouts(n_states, n_params).items():
         path = OUT / args.task / name.split(':')[0].replace(' ', '_').replace(',', '')
         shutil.rmtree(path, ignore_errors=True)
@@ -102,7 +100,12 @@ def main() -> None:
             tsr = f'{read_rate(lambda ind, a=t: a[0, ind, :].read().result(), reads, 2 * n_params):.0f}'
         except ValueError:
             tsr = 'n/a (codec)'
-        print(f'| {name} | {folder_bytes(path) / raw:.3f} | {write:.0f} | {zp:.0f} | {tsr} |', flush=True)
+        try:
+            reader = local_reader(path)
+            own = f'{read_rate(lambda ind, r=reader: r.read(0, ind), reads, 2 * n_params):.0f}'
+        except ValueError:
+            own = 'n/a (layout)'
+        print(f'| {name} | {folder_bytes(path) / raw:.3f} | {write:.0f} | {zp:.0f} | {tsr} | {own} |', flush=True)
 
 
 if __name__ == '__main__':

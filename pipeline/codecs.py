@@ -23,6 +23,17 @@ NAME = 'nino.time_delta'
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
+def undo_delta(bits: np.ndarray, axis: int) -> np.ndarray:
+    """Wrapping cumulative sum of unsigned integers along `axis`, one vectorised add per step.
+
+    (np.cumsum along a leading axis runs an element-by-element loop: ~10x slower here.)"""
+    out = np.array(bits, copy=True)
+    view = np.moveaxis(out, axis, 0)
+    for i in range(1, view.shape[0]):
+        np.add(view[i - 1], view[i], out=view[i])
+    return out
+
+
 @dataclass(frozen=True)
 class TimeDeltaCodec(ArrayArrayCodec):
     """Replace each element along `axis` by its bit-pattern difference from the previous one."""
@@ -61,7 +72,7 @@ class TimeDeltaCodec(ArrayArrayCodec):
     async def _decode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> NDBuffer:
         bits = self._bits(chunk_array)
         dtype = np.asarray(chunk_array.as_ndarray_like()).dtype
-        out = np.cumsum(bits, axis=self.axis, dtype=bits.dtype)
+        out = undo_delta(bits, self.axis)
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(out.view(dtype))
 
     def compute_encoded_size(self, input_byte_length: int, _chunk_spec: ArraySpec) -> int:

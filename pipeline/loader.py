@@ -305,10 +305,6 @@ class WindowStream(IterableDataset):
                            y=y, y_slot=y_slot, y_len=y_len, window=torch.tensor(window), node_ptr=node_ptr,
                            edge_ptr=edge_ptr, y_ptr=y_ptr, skipped=skipped)
 
-    def __getstate__(self) -> dict:
-        """Workers open their own store handles (tensorstore's threads do not survive a fork)."""
-        return {**self.__dict__, '_tasks': None}
-
     def __iter__(self) -> Iterator[WindowBatch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -339,10 +335,6 @@ def _window_stats(states: np.ndarray, task: _Task, ctx: int, shifts: int) -> tup
 
 
 def window_loader(stream: WindowStream, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over a stream: batches arrive in index order whatever the worker count.
-
-    Workers start from a fork server, not a fork of this process: tensorstore's reader threads
-    refuse to be forked."""
+    """A DataLoader over a stream: batches arrive in index order whatever the worker count."""
     return DataLoader(stream, batch_size=None, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers else None,
-                      multiprocessing_context='forkserver' if num_workers else None)
+                      persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers else None)

@@ -8,11 +8,12 @@
         metrics                 (n_traj, n_states, n_metrics) float32, chunks (1, n_states, n_metrics)
         steps                   (n_states,) int64: optimizer step of each state
 
-Version 2 (written by default) lays `params` out for window reads: shards of `shard_states`
-states of one trajectory, one state per inner chunk, so reading any set of states decodes only
-those states. Version 1 stores (chunks of ~4 MiB of consecutive states, delta-coded along time)
-stay readable and appendable; `pipeline.migrate` rewrites them as version 2. Local version-2
-stores are read through tensorstore (fast), everything else through zarr-python.
+Version 2 (written by default) lays `params` out for window reads: shards of ~32 MiB of one
+trajectory's states, inner chunks of 2 states (32 for tasks whose windows read consecutive
+states), delta-coded along time, so reading any set of states decodes at most one state more
+per state asked for. Version 1 stores (chunks of ~4 MiB of consecutive states) stay readable
+and appendable; `pipeline.migrate` rewrites them as version 2. Version-2 stores on local disk or
+fsspec file systems are read by `pipeline.shards` (fast), everything else by zarr-python.
 
 A chunk or shard never spans two trajectories, so every trajectory is written by one process
 without touching another's. Every chunk carries a CRC32C, so a damaged chunk fails to decode
@@ -36,6 +37,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from .codecs import TimeDeltaCodec
 from .hub import HUB_PREFIX, HubStore, HubUnavailableError, parse_hub_url
 from .manifest import Manifest
+from .shards import ShardReader, fsspec_reader, local_reader
 from .tasks import TaskSpec
 
 FORMAT = 'nino-trajectories'
@@ -53,12 +55,16 @@ PARAMS_CODECS: dict[str, tuple[list, list]] = {
                                  [BloscCodec(cname='zstd', clevel=3, shuffle='shuffle'), Crc32cCodec()]),
     'delta-blosc-lz4-shuffle': ([TimeDeltaCodec(axis=1)],
                                 [BloscCodec(cname='lz4', clevel=5, shuffle='shuffle'), Crc32cCodec()]),
+    'delta-blosc-zstd1-shuffle': ([TimeDeltaCodec(axis=1)],
+                                  [BloscCodec(cname='zstd', clevel=1, shuffle='shuffle'), Crc32cCodec()]),
 }
 #: Version 1 default, chosen by measurement (benchmarks/collect.py, docs/benchmarks.md): the smallest
 #: store at a write speed far above what training produces.
 DEFAULT_PARAMS_CODEC = 'delta-blosc-zstd-shuffle'
-#: Version 2 codec of each one-state inner chunk, chosen by measurement (benchmarks/store_layout.py).
-V2_PARAMS_CODEC = 'blosc-zstd-shuffle'
+#: Version 2 codec of each inner chunk, chosen by measurement (benchmarks/store_layout.py, docs/benchmarks.md).
+V2_PARAMS_CODEC = 'delta-blosc-zstd1-shuffle'
+#: Optimizer steps between the states of the paper's training windows: version 2 sizes inner chunks for it.
+WINDOW_STEP_HINT = 200
 #: Dataset location fields: machine-specific, so not compared when a store is reopened.
 _LOCATION_FIELDS = ('root', 'path')
 
@@ -74,6 +80,12 @@ class DamagedChunkError(StoreError):
 def chunk_states(n_states: int, n_params: int, target: int | None = None) -> int:
     """States per params chunk (or shard): about `target` (default CHUNK_BYTES) bytes of float16, at least 1."""
     return max(1, min(n_states, (target or CHUNK_BYTES) // (2 * n_params)))
+
+
+def inner_states(n_states: int, record_every: int) -> int:
+    """States per version-2 inner chunk: 2 when windows skip states (delta-coding a pair keeps the store
+    under 0.8 of raw and a read decodes at most one extra state), 32 when they read consecutive ones."""
+    return min(n_states, 2 if WINDOW_STEP_HINT // record_every > 1 else 32)
 
 
 def _local_path(url: str) -> Path | None:
@@ -92,9 +104,9 @@ def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
 class TaskGroup:
     """One task's arrays in the store."""
 
-    def __init__(self, group: zarr.Group, local: Path | None = None) -> None:
+    def __init__(self, group: zarr.Group, reader: ShardReader | None = None) -> None:
         self.group = group
-        self._local = local  # the params array's folder when the store is on local disk
+        self._reader = reader  # the fast path for sharded params on local disk or fsspec
         attrs = group.attrs.asdict()
         self.spec = TaskSpec.from_dict(attrs['spec'])
         self.layout: list[tuple[str, tuple[int, ...]]] = [(n, tuple(s)) for n, s in attrs['layout']]
@@ -131,34 +143,23 @@ class TaskGroup:
         self.metrics[index] = metrics
 
     def read_params(self, index: int, states: slice | np.ndarray = slice(None)) -> np.ndarray:
-        try:
-            return self.params[index, states, :]
-        except (ValueError, RuntimeError) as err:
-            raise self._damaged(index, states, err) from None
+        """States of one trajectory by slice or index array, (n, n_params) float16."""
+        if isinstance(states, slice):
+            states = np.arange(self.params.shape[1])[states]
+        return self.read_states(index, states)
 
     def read_states(self, index: int, states: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
         """(len(states), n_params or len(columns)) float16 of one trajectory; only the chunks that hold
         those states are read. A damaged chunk raises `DamagedChunkError` naming it."""
         try:
-            fast = self._tensorstore()
-            if fast is not None:
-                out = fast[index, states, :].read().result()
+            if self._reader is not None:
+                out = self._reader.read(index, states)
                 return out if columns is None else out[:, columns]
             if columns is None:
                 return self.params.get_orthogonal_selection((index, states, slice(None)))
             return self.params.get_orthogonal_selection((index, states, columns))
         except (ValueError, RuntimeError) as err:
             raise self._damaged(index, states, err) from None
-
-    def _tensorstore(self):
-        """A tensorstore view of a local sharded params array (opened once per process), else None."""
-        if self._local is None or not self.sharded:
-            return None
-        if not hasattr(self, '_ts'):
-            import tensorstore as ts
-            self._ts = ts.open({'driver': 'zarr3', 'kvstore': {'driver': 'file', 'path': str(self._local)}},
-                               read=True).result()
-        return self._ts
 
     def _damaged(self, index: int, states: slice | np.ndarray, err: Exception) -> DamagedChunkError:
         """The error for a failed read, naming the stored object (and state) that fails on its own."""
@@ -237,8 +238,19 @@ class TrajectoryStore:
     def group(self, name: str) -> TaskGroup:
         if name not in self.task_names():
             raise StoreError(f'{self.url}: no task group {name!r} (have: {self.task_names()})')
-        local = _local_path(self.url)
-        return TaskGroup(self.root[name], None if local is None else local / name / 'params')
+        group = self.root[name]
+        reader = None
+        if group['params'].shards is not None and self.hub is None:
+            local = _local_path(self.url)
+            try:
+                if local is not None:
+                    reader = local_reader(local / name / 'params')
+                else:
+                    fs, path = self._fs_path()
+                    reader = fsspec_reader(fs, f'{path}/{name}/params')
+            except ValueError:  # another codec chain: zarr-python reads it
+                reader = None
+        return TaskGroup(group, reader)
 
     def ensure_group(self, spec: TaskSpec, layout: list[tuple[str, tuple[int, ...]]],
                      metric_names: list[str], codec: str | None = None) -> TaskGroup:
@@ -260,7 +272,9 @@ class TrajectoryStore:
             raise StoreError(f'unknown params codec {codec!r} (known: {sorted(PARAMS_CODECS)})')
         filters, compressors = PARAMS_CODECS[codec]
         if self.version >= 2:
-            blocks = dict(chunks=(1, 1, n_params), shards=(1, chunk_states(n_states, n_params, SHARD_BYTES), n_params))
+            inner = inner_states(n_states, spec.record_every)
+            shard = chunk_states(n_states, n_params, SHARD_BYTES)
+            blocks = dict(chunks=(1, inner, n_params), shards=(1, max(inner, shard - shard % inner), n_params))
         else:
             blocks = dict(chunks=(1, chunk_states(n_states, n_params), n_params))
         g = self.root.create_group(spec.name)

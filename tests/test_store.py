@@ -107,13 +107,13 @@ def test_version_2_reads_touch_only_the_states_asked_for(tmp_path, monkeypatch):
     store, x = _write(tmp_path, 2)
     group = TrajectoryStore(tmp_path / 's', mode='r').group('toy')
     assert store.version == 2 and group.sharded and group.chunk_states == 40
-    assert group.params.chunks == (1, 1, 630) and group.params.shards == (1, 40, 630)
+    assert group.params.chunks == (1, 2, 630) and group.params.shards == (1, 40, 630)  # pairs of states
     shards = sorted(p.relative_to(tmp_path / 's' / 'toy' / 'params').as_posix()
                     for p in (tmp_path / 's' / 'toy' / 'params' / 'c').rglob('*') if p.is_file())
     assert shards == ['c/1/0/0', 'c/1/1/0', 'c/1/2/0']  # one file per trajectory span
     ind = np.arange(3, 101, 20)
     cols = np.array([5, 7, 600])
-    assert group._tensorstore() is not None  # local version-2 stores read through tensorstore
+    assert group._reader is not None  # local version-2 stores are read by pipeline.shards
     assert np.array_equal(group.read_states(1, ind).view(np.uint16), x[ind].view(np.uint16))
     assert np.array_equal(group.read_states(1, ind, cols).view(np.uint16), x[ind][:, cols].view(np.uint16))
     assert group.chunk_key(1, 85) == 'toy/params/c/1/2/0'
@@ -126,7 +126,7 @@ def test_version_1_stores_stay_readable_and_appendable(tmp_path):
     group = again.group('toy')
     assert not group.sharded and group.params.chunks[1] == group.chunk_states
     ind = np.arange(0, 101, 7)
-    assert group._tensorstore() is None  # delta-coded chunks: zarr-python reads them
+    assert group._reader is None  # version-1 chunks: zarr-python reads them
     assert np.array_equal(group.read_states(1, ind).view(np.uint16), x[ind].view(np.uint16))
     group.write_states(0, 0, x[:10])
     assert np.array_equal(group.read_params(0, slice(0, 10)).view(np.uint16), x[:10].view(np.uint16))

@@ -1,0 +1,145 @@
+"""A fast reader for the version-2 params layout: selected states of one trajectory.
+
+Version-2 `params` arrays are standard zarr v3 (zarr-python reads them with `nino.time_delta`
+registered), but zarr-python spends about half a millisecond of Python per chunk, and a training
+window needs 45 chunks; tensorstore is fast but cannot decode the time-delta codec. This reader
+does exactly what the layout needs and nothing more (measured in docs/benchmarks.md):
+
+    shard file = inner chunk bytes ..., index: (chunks, 2) uint64 (offset, nbytes) + CRC32C
+    inner chunk = blosc(bytes(time_delta(k states x n_params float16))) + CRC32C
+
+For each shard it reads the index once (cached), then only the byte ranges of the inner chunks
+holding the states asked for (one `pread` or range request each), checks each CRC32C, decompresses with blosc, undoes the delta. Any other
+codec chain is refused at open (callers then use zarr-python).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+from numcodecs import blosc
+
+from .codecs import undo_delta
+
+_EMPTY = 2 ** 64 - 1
+
+
+class ChunkChecksumError(ValueError):
+    """An inner chunk or shard index whose bytes do not match their CRC32C."""
+
+
+def _crc_ok(data: bytes) -> bool:
+    return google_crc32c.value(data[:-4]) == int.from_bytes(data[-4:], 'little')
+
+
+class ShardReader:
+    """Reads states of a sharded `params` array (one trajectory per shard row).
+
+    `fetch(key, ranges)` returns the bytes of each (start, stop) range of the object `key`
+    (relative to the array folder); `local_reader` and `fsspec_reader` build it.
+    """
+
+    def __init__(self, metadata: dict, fetch: Callable[[str, list[tuple[int, int]]], list[bytes]]) -> None:
+        self.fetch = fetch
+        self.shape = tuple(metadata['shape'])
+        (sharding,) = metadata['codecs']
+        if sharding['name'] != 'sharding_indexed':
+            raise ValueError('not a sharded array')
+        conf = sharding['configuration']
+        names = [c['name'] for c in conf['codecs']]
+        index_names = [c['name'] for c in conf['index_codecs']]
+        if names not in (['nino.time_delta', 'bytes', 'blosc', 'crc32c'], ['bytes', 'blosc', 'crc32c']) \
+                or index_names != ['bytes', 'crc32c'] or conf.get('index_location', 'end') != 'end':
+            raise ValueError(f'codec chain {names} / index {index_names} is not the version-2 layout')
+        for c in conf['codecs'] + conf['index_codecs']:
+            if c['name'] == 'bytes' and c.get('configuration', {}).get('endian', 'little') != 'little':
+                raise ValueError('big-endian chunks are not the version-2 layout')
+        self.delta = names[0] == 'nino.time_delta'
+        self.shard_states = metadata['chunk_grid']['configuration']['chunk_shape'][1]
+        self.inner_states = conf['chunk_shape'][1]
+        self.inner_per_shard = self.shard_states // self.inner_states
+        self.n_params = self.shape[2]
+        self._index: dict[tuple[int, int], np.ndarray] = {}
+
+    def read(self, traj: int, states: np.ndarray) -> np.ndarray:
+        """(len(states), n_params) float16; states never written read as NaN."""
+        states = np.asarray(states, dtype=np.int64)
+        out = np.empty((len(states), self.n_params), np.float16)
+        inner = states // self.inner_states
+        for shard in np.unique(inner // self.inner_per_shard).tolist():
+            key = f'c/{traj}/{shard}/0'
+            index = self._shard_index(traj, shard, key)
+            if index is None:  # a shard never written: the fill value
+                out[inner // self.inner_per_shard == shard] = np.nan
+                continue
+            wanted = sorted(set(inner[inner // self.inner_per_shard == shard].tolist()))
+            ranges = [(int(index[c % self.inner_per_shard, 0]),
+                       int(index[c % self.inner_per_shard].sum())) for c in wanted]
+            stored = [r for r in ranges if r[0] != _EMPTY]
+            blobs = iter(self.fetch(key, stored) if stored else [])
+            for c, r in zip(wanted, ranges):
+                block = self._decode(next(blobs), key, c) if r[0] != _EMPTY else None
+                rows = np.nonzero(inner == c)[0]
+                if block is None:
+                    out[rows] = np.nan
+                else:
+                    out[rows] = block[states[rows] - c * self.inner_states]
+        return out
+
+    def _shard_index(self, traj: int, shard: int, key: str) -> np.ndarray | None:
+        index = self._index.get((traj, shard))
+        if index is None:
+            size = self.inner_per_shard * 16 + 4
+            try:
+                (raw,) = self.fetch(key, [(-size, None)])
+            except FileNotFoundError:
+                return None  # not cached: it may be written later
+            if len(raw) != size or not _crc_ok(raw):
+                raise ChunkChecksumError(f'{key}: shard index does not match its CRC32C')
+            index = np.frombuffer(raw[:-4], '<u8').reshape(self.inner_per_shard, 2)
+            self._index[(traj, shard)] = index
+        return index
+
+    def _decode(self, data: bytes, key: str, chunk: int) -> np.ndarray:
+        if not _crc_ok(data):
+            raise ChunkChecksumError(f'{key}: inner chunk {chunk % self.inner_per_shard} does not match its CRC32C')
+        bits = np.frombuffer(blosc.decompress(data[:-4]), '<u2').reshape(self.inner_states, self.n_params)
+        if self.delta:
+            bits = undo_delta(bits, 0)
+        return bits.view(np.float16)
+
+
+def local_reader(folder: Path) -> ShardReader:
+    """A reader for a params array folder on local disk (file handles kept open per shard)."""
+    handles: dict[str, int] = {}
+
+    def fetch(key: str, ranges: list[tuple[int, int | None]]) -> list[bytes]:
+        fd = handles.get(key)
+        if fd is None:
+            fd = handles[key] = os.open(folder / key, os.O_RDONLY)
+        out = []
+        for start, stop in ranges:
+            if start < 0:
+                size = os.fstat(fd).st_size
+                start, stop = max(0, size + start), size
+            out.append(os.pread(fd, stop - start, start))
+        return out
+
+    return ShardReader(json.loads((folder / 'zarr.json').read_text()), fetch)
+
+
+def fsspec_reader(fs, path: str) -> ShardReader:
+    """A reader for a params array at `path` on an fsspec file system (one range request per chunk)."""
+    def fetch(key: str, ranges: list[tuple[int, int | None]]) -> list[bytes]:
+        url = f'{path}/{key}'
+        if any(start < 0 for start, _ in ranges):  # the shard index: counted from the end
+            size = fs.size(url)
+            ranges = [(size + start, size) if start < 0 else (start, stop) for start, stop in ranges]
+        return [fs.cat_file(url, start=start, end=stop) for start, stop in ranges]
+
+    return ShardReader(json.loads(fs.cat_file(f'{path}/zarr.json')), fetch)
