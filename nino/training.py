@@ -149,17 +149,16 @@ def _unwrap(model: torch.nn.Module) -> Nowcaster:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def target_l1(rows: torch.Tensor, batch: WindowBatch) -> torch.Tensor:
-    """Mean absolute error of (Q, seq_len) values against every target of the batch (each parameter
-    of each window at each horizon its window has)."""
-    err = (rows.float() - batch.y).abs()
-    mask = batch.target_mask()
+def target_l1(rows: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean absolute error of (Q, seq_len) values against the targets where `mask` (None: everywhere)."""
+    err = (rows.float() - targets).abs()
     return err.mean() if mask is None else err[mask].mean()
 
 
 def window_l1(pred: torch.Tensor, batch: WindowBatch) -> torch.Tensor:
-    """The training loss: `target_l1` of the predictions (E, feat, seq_len) at the target slots."""
-    return target_l1(batch.at_targets(pred), batch)
+    """The training loss: mean absolute error of the predictions (E, feat, seq_len) at the target slots
+    against every target of the batch (each parameter of each window at each horizon its window has)."""
+    return target_l1(batch.at_targets(pred), batch.targets(), batch.target_mask())
 
 
 def forward(model: torch.nn.Module, batch: WindowBatch) -> torch.Tensor:
@@ -227,8 +226,9 @@ def validate(model: torch.nn.Module, batches: list, cfg: TrainConfig) -> tuple[f
         batch = batch.to(cfg.device)
         with _autocast(cfg):
             pred = forward(model, batch)
-        ours += window_l1(pred, batch).item()
-        base += target_l1(batch.last_input(ctx).unsqueeze(-1).expand_as(batch.y), batch).item()
+        targets, mask = batch.targets(), batch.target_mask()
+        ours += target_l1(batch.at_targets(pred), targets, mask).item()
+        base += target_l1(batch.last_input(ctx).unsqueeze(-1).expand_as(targets), targets, mask).item()
     model.train()
     return ours / len(batches), base / len(batches)
 

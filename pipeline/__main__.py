@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.time()
                 batch = stream.batch(b)
                 mask = batch.target_mask()
-                targets = batch.y.numel() if mask is None else int(mask.sum())
+                targets = len(batch.y_slot) * batch.seq_len if mask is None else int(mask.sum())
                 print(f'batch {b}: {batch.num_windows} windows, {batch.edge_index.shape[1]:,} edges, '
                       f'{targets:,} target values, {time.time() - t:.2f} s')
                 for problem in batch.skipped:

@@ -8,15 +8,18 @@ per-layer statistics; the inputs become edge features, and the Laplacian encodin
 flipped at random (once per trajectory read) as augmentation. For GPT-2 tasks, `wte_size` rows
 of the word embedding are sampled and each row's token index is kept as the node's `pos_w`.
 
-Targets stay in parameter space: `WindowBatch.y` is (Q, seq_len) for the Q parameters of all
-windows, and `y_slot` names the edge feature slot whose prediction each row is compared with.
-That holds exactly the values the paper's edge-space targets and mask select (every parameter
-sits in one slot; padding slots and auxiliary edges hold none), without materialising either.
+Targets stay in parameter space and unscaled until used: a batch carries each read's raw float16
+states once (not one scaled float32 copy per window) with each window's per-parameter scaling,
+and `WindowBatch.targets()` builds the (Q, seq_len) scaled targets of its Q parameters where the
+loss runs (on the training device). `y_slot` names the edge feature slot whose prediction each
+target row is compared with. That is exactly what the paper's edge-space targets and mask select
+(every parameter sits in one slot; padding slots and auxiliary edges hold none), in a batch
+about a third the size.
 
-Featurisation works per trajectory read, on all its windows at once: one float16 -> float32
-conversion, per-layer sums for every state (float64, in numpy, so the statistics do not depend
-on torch's thread count), then one scaled slice per window. The static parts of each task's
-graph (edge index, types, slot maps, LPE) are built once per process.
+Featurisation works per trajectory read, on all its windows at once: per-layer sums over the
+input states only (float64, in numpy, so the statistics do not depend on torch's thread count),
+then one scaled slice per window scattered into the edge features. The static parts of each
+task's graph (edge index, types, slot maps, LPE) are built once per process.
 
 Batch b is drawn from a generator seeded by (seed, b) alone, so the stream is the same for any
 number of DataLoader workers and can resume at any position. Only trajectories the manifest
@@ -63,7 +66,8 @@ class WindowBatch:
     """Windows as one disconnected graph; targets in parameter space.
 
     Windows are laid out one after another: window w owns nodes `node_ptr[w]:node_ptr[w+1]`, edges
-    `edge_ptr[w]:edge_ptr[w+1]` and target rows `y_ptr[w]:y_ptr[w+1]`.
+    `edge_ptr[w]:edge_ptr[w+1]` and target rows `y_ptr[w]:y_ptr[w+1]`. Its targets are rows
+    `y_src[w, 0]` on of `states`, columns `y_src[w, 1]` on, scaled with `y_mean` and `y_std`.
     """
 
     edge_attr: Tensor  # (E, max_feat_size * ctx) scaled input states, feature-slot major
@@ -71,13 +75,17 @@ class WindowBatch:
     edge_index: Tensor  # (2, E)
     pos: Tensor | None  # (N, lpe) Laplacian encoding, signs flipped per read
     pos_w: Tensor  # (N,) word-embedding row + 1 of each node (0: none)
-    y: Tensor  # (Q, seq_len) scaled target states of every parameter of every window
+    states: Tensor  # (rows, columns) float16 raw states of every read, one row per parameter
+    y_src: Tensor  # (W, 2) first row and first column of each window's targets in `states`
+    y_mean: Tensor  # (Q,) mean its window's inputs give each target parameter's layer
+    y_std: Tensor  # (Q,) std + eps of the same
     y_slot: Tensor  # (Q,) index of each target row's slot in the flat (E * max_feat_size) predictions
     y_len: Tensor  # (W,) target states each window has (the rest of its seq_len columns are padding)
     window: Tensor  # (W, 4) task index, trajectory, start state, shift
     node_ptr: Tensor  # (W + 1,)
     edge_ptr: Tensor  # (W + 1,)
     y_ptr: Tensor  # (W + 1,)
+    seq_len: int = 40
     skipped: list[str] = field(default_factory=list)  # damaged reads left out of this batch
 
     @property
@@ -91,13 +99,22 @@ class WindowBatch:
         return WindowBatch(**{f.name: v.pin_memory() if isinstance(v, Tensor) else v
                               for f in fields(self) for v in [getattr(self, f.name)]})
 
+    def targets(self) -> Tensor:
+        """(Q, seq_len) float32 scaled target states; zero past each window's end."""
+        full = bool((self.y_len == self.seq_len).all())
+        y = (torch.empty if full else torch.zeros)(len(self.y_slot), self.seq_len, device=self.states.device)
+        for (row, col), n, q0, q1 in zip(self.y_src.tolist(), self.y_len.tolist(), self.y_ptr[:-1].tolist(),
+                                         self.y_ptr[1:].tolist()):
+            raw = self.states[row:row + q1 - q0, col:col + n]
+            torch.sub(raw, self.y_mean[q0:q1, None], out=y[q0:q1, :n]).div_(self.y_std[q0:q1, None])
+        return y
+
     def target_mask(self) -> Tensor | None:
         """(Q, seq_len) True where a target exists; None when every window has all seq_len targets."""
-        seq_len = self.y.shape[1]
-        if bool((self.y_len == seq_len).all()):
+        if bool((self.y_len == self.seq_len).all()):
             return None
         per_row = torch.repeat_interleave(self.y_len, self.y_ptr.diff())
-        return torch.arange(seq_len, device=self.y.device) < per_row.unsqueeze(1)
+        return torch.arange(self.seq_len, device=self.y_len.device) < per_row.unsqueeze(1)
 
     def at_targets(self, edge_values: Tensor) -> Tensor:
         """Per-slot values (E, max_feat_size, ...) -> the rows of the target parameters (Q, ...)."""
@@ -265,34 +282,41 @@ class WindowStream(IterableDataset):
         n_params = [r['task'].graph.num_params for r in reads for _ in range(shifts)]
         node_ptr, edge_ptr, y_ptr = (torch.tensor(np.cumsum([0] + n)) for n in (n_nodes, n_edges, n_params))
         edges, params = int(edge_ptr[-1]), int(y_ptr[-1])
+        columns = c.ctx + c.seq_len + shifts - 1
+        read_rows = np.cumsum([0] + [r['task'].graph.num_params for r in reads])
+        states = torch.empty(int(read_rows[-1]), columns, dtype=torch.float16)
         edge_attr = torch.empty(edges * feat, c.ctx)
-        y = torch.zeros(params, c.seq_len)
+        y_mean, y_std = torch.empty(params), torch.empty(params)
         y_slot = torch.empty(params, dtype=torch.long)
         y_len = torch.empty(len(n_nodes), dtype=torch.long)
+        y_src = torch.empty(len(n_nodes), 2, dtype=torch.long)
         edge_index, edge_type, pos, pos_w, window = [], [], [], [], []
         w = 0
-        for r in reads:
+        for i, r in enumerate(reads):
             task: _Task = r['task']
             graph = task.graph
-            x = torch.from_numpy(r['states']).float().T.contiguous()  # (P, T)
-            mean, std = _window_stats(r['states'], task, c.ctx, shifts)
-            n_targets = x.shape[1] - c.ctx
+            raw = torch.from_numpy(r['states'])  # (T, P) float16
+            block = states[read_rows[i]:read_rows[i + 1]]
+            block[:, :raw.shape[0]] = raw.T
+            block[:, raw.shape[0]:] = 0  # past the trajectory's end: padding
+            inputs = block[:, :c.ctx + shifts - 1].float()
+            mean, std = _window_stats(r['states'][:c.ctx + shifts - 1], task, c.ctx, shifts)
             lpe = None if task.lpe is None else task.lpe * r['signs']
             node_pos_w = graph.pos_w
             if r['rows'] is not None:
                 node_pos_w = node_pos_w.clone()
                 node_pos_w[:len(r['rows'])] = r['rows'] + 1
             for shift in range(shifts):
-                m = torch.from_numpy(mean[shift]).float()[task.layer_of].unsqueeze(1)
-                d = (torch.from_numpy(std[shift]).float() + EPS)[task.layer_of].unsqueeze(1)
-                e0, e1, q0 = int(edge_ptr[w]) * feat, int(edge_ptr[w + 1]) * feat, int(y_ptr[w])
-                block = edge_attr[e0:e1]
-                block.copy_(task.aux_feats.unsqueeze(1).expand(-1, c.ctx))
-                block[task.slot_of_param] = (x[:, shift:shift + c.ctx] - m) / d
-                n = min(c.seq_len, n_targets - shift)
-                torch.div(x[:, shift + c.ctx:shift + c.ctx + n] - m, d, out=y[q0:q0 + graph.num_params, :n])
-                y_slot[q0:q0 + graph.num_params] = task.slot_of_param + e0
-                y_len[w] = n
+                e0, e1, q0, q1 = int(edge_ptr[w]) * feat, int(edge_ptr[w + 1]) * feat, int(y_ptr[w]), int(y_ptr[w + 1])
+                m = torch.index_select(torch.from_numpy(mean[shift]).float(), 0, task.layer_of, out=y_mean[q0:q1])
+                d = torch.index_select(torch.from_numpy(std[shift]).float() + EPS, 0, task.layer_of,
+                                       out=y_std[q0:q1])
+                attr = edge_attr[e0:e1]
+                attr.copy_(task.aux_feats.unsqueeze(1).expand(-1, c.ctx))
+                attr[task.slot_of_param] = (inputs[:, shift:shift + c.ctx] - m.unsqueeze(1)) / d.unsqueeze(1)
+                torch.add(task.slot_of_param, e0, out=y_slot[q0:q1])
+                y_len[w] = min(c.seq_len, raw.shape[0] - c.ctx - shift)
+                y_src[w, 0], y_src[w, 1] = int(read_rows[i]), shift + c.ctx
                 edge_index.append(graph.edge_index + int(node_ptr[w]))
                 edge_type.append(graph.edge_type)
                 pos.append(lpe)
@@ -302,8 +326,9 @@ class WindowStream(IterableDataset):
         return WindowBatch(edge_attr=edge_attr.view(edges, feat * c.ctx), edge_type=torch.cat(edge_type),
                            edge_index=torch.cat(edge_index, dim=1),
                            pos=None if any(p is None for p in pos) else torch.cat(pos), pos_w=torch.cat(pos_w),
-                           y=y, y_slot=y_slot, y_len=y_len, window=torch.tensor(window), node_ptr=node_ptr,
-                           edge_ptr=edge_ptr, y_ptr=y_ptr, skipped=skipped)
+                           states=states, y_src=y_src, y_mean=y_mean, y_std=y_std, y_slot=y_slot, y_len=y_len,
+                           window=torch.tensor(window), node_ptr=node_ptr, edge_ptr=edge_ptr, y_ptr=y_ptr,
+                           seq_len=c.seq_len, skipped=skipped)
 
     def __iter__(self) -> Iterator[WindowBatch]:
         info = get_worker_info()
@@ -318,10 +343,10 @@ class WindowStream(IterableDataset):
 def _window_stats(states: np.ndarray, task: _Task, ctx: int, shifts: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-layer mean and unbiased std of the inputs of each shift: (shifts, L) each, float64.
 
-    Sums per state and layer are taken once for the read (float64, numpy: independent of thread
-    counts), then each shift adds its ctx states' sums.
+    `states` are the read's input states (ctx + shifts - 1 of them). Sums per state and layer are
+    taken once (float64, numpy: independent of thread counts), then each shift adds its ctx states'.
     """
-    x = torch.from_numpy(states).double().numpy()  # torch converts float16 with vector instructions
+    x = torch.from_numpy(np.ascontiguousarray(states)).double().numpy()  # torch converts float16 fast
     s1 = np.add.reduceat(x, task.layer_starts, axis=1)  # (T, L)
     s2 = np.add.reduceat(x * x, task.layer_starts, axis=1)
     n = task.layer_sizes * ctx

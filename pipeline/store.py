@@ -10,8 +10,8 @@
 
 Version 2 (written by default) lays `params` out for window reads: shards of ~32 MiB of one
 trajectory's states, inner chunks of 2 states (32 for tasks whose windows read consecutive
-states), delta-coded along time, so reading any set of states decodes at most one state more
-per state asked for. Version 1 stores (chunks of ~4 MiB of consecutive states) stay readable
+states), delta-coded along time (`v2_chunking`), so a read decodes at most one state more per
+state asked for. Version 1 stores (chunks of ~4 MiB of consecutive states) stay readable
 and appendable; `pipeline.migrate` rewrites them as version 2. Version-2 stores on local disk or
 fsspec file systems are read by `pipeline.shards` (fast), everything else by zarr-python.
 
@@ -55,15 +55,13 @@ PARAMS_CODECS: dict[str, tuple[list, list]] = {
                                  [BloscCodec(cname='zstd', clevel=3, shuffle='shuffle'), Crc32cCodec()]),
     'delta-blosc-lz4-shuffle': ([TimeDeltaCodec(axis=1)],
                                 [BloscCodec(cname='lz4', clevel=5, shuffle='shuffle'), Crc32cCodec()]),
-    'delta-blosc-zstd1-shuffle': ([TimeDeltaCodec(axis=1)],
-                                  [BloscCodec(cname='zstd', clevel=1, shuffle='shuffle'), Crc32cCodec()]),
+    'delta-blosc-lz4hc-shuffle': ([TimeDeltaCodec(axis=1)],
+                                  [BloscCodec(cname='lz4hc', clevel=5, shuffle='shuffle'), Crc32cCodec()]),
 }
 #: Version 1 default, chosen by measurement (benchmarks/collect.py, docs/benchmarks.md): the smallest
 #: store at a write speed far above what training produces.
 DEFAULT_PARAMS_CODEC = 'delta-blosc-zstd-shuffle'
-#: Version 2 codec of each inner chunk, chosen by measurement (benchmarks/store_layout.py, docs/benchmarks.md).
-V2_PARAMS_CODEC = 'delta-blosc-zstd1-shuffle'
-#: Optimizer steps between the states of the paper's training windows: version 2 sizes inner chunks for it.
+#: Optimizer steps between the states of the paper's training windows: version 2 lays chunks out for it.
 WINDOW_STEP_HINT = 200
 #: Dataset location fields: machine-specific, so not compared when a store is reopened.
 _LOCATION_FIELDS = ('root', 'path')
@@ -82,10 +80,18 @@ def chunk_states(n_states: int, n_params: int, target: int | None = None) -> int
     return max(1, min(n_states, (target or CHUNK_BYTES) // (2 * n_params)))
 
 
-def inner_states(n_states: int, record_every: int) -> int:
-    """States per version-2 inner chunk: 2 when windows skip states (delta-coding a pair keeps the store
-    under 0.8 of raw and a read decodes at most one extra state), 32 when they read consecutive ones."""
-    return min(n_states, 2 if WINDOW_STEP_HINT // record_every > 1 else 32)
+def v2_chunking(n_states: int, record_every: int) -> tuple[int, str]:
+    """(states per inner chunk, params codec) of a version-2 task group, chosen by measurement
+    (benchmarks/store_layout.py, docs/store-format.md).
+
+    Windows that skip states (vision: recorded every 4 steps, read 200 apart) get pairs of states,
+    delta-coded, lz4hc: 0.77-0.79 of raw on real FM-16 states, decoding at ~4.6 GB/s and at most
+    one extra state per state read. Windows that read consecutive states (language models, recorded
+    every 200 steps) get 32 states per chunk, delta-coded, zstd: 0.77 of raw on real GPT-2 states.
+    """
+    if WINDOW_STEP_HINT // record_every > 1:
+        return min(n_states, 2), 'delta-blosc-lz4hc-shuffle'
+    return min(n_states, 32), 'delta-blosc-zstd-shuffle'
 
 
 def _local_path(url: str) -> Path | None:
@@ -267,12 +273,12 @@ class TrajectoryStore:
             return group
         n_params = sum(int(np.prod(s)) for _, s in layout)
         n_states = spec.num_states
-        codec = codec or (V2_PARAMS_CODEC if self.version >= 2 else DEFAULT_PARAMS_CODEC)
+        inner, v2_codec = v2_chunking(n_states, spec.record_every)
+        codec = codec or (v2_codec if self.version >= 2 else DEFAULT_PARAMS_CODEC)
         if codec not in PARAMS_CODECS:
             raise StoreError(f'unknown params codec {codec!r} (known: {sorted(PARAMS_CODECS)})')
         filters, compressors = PARAMS_CODECS[codec]
         if self.version >= 2:
-            inner = inner_states(n_states, spec.record_every)
             shard = chunk_states(n_states, n_params, SHARD_BYTES)
             blocks = dict(chunks=(1, inner, n_params), shards=(1, max(inner, shard - shard % inner), n_params))
         else:

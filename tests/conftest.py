@@ -142,7 +142,7 @@ class Window:
         self.edge_index = batch.edge_index[:, e0:e1] - n0
         self.pos = None if batch.pos is None else batch.pos[n0:n1]
         self.pos_w = batch.pos_w[n0:n1]
-        self.y = batch.y[q0:q1]
+        self.y = batch.targets()[q0:q1]
         self.y_len = int(batch.y_len[w])
         feat = batch.edge_attr.shape[1] // ctx
         self.y_slot = batch.y_slot[q0:q1] - e0 * feat

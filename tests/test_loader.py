@@ -29,7 +29,7 @@ def test_windows_follow_the_published_semantics(small_store):
         batch = stream.batch(b)
         graphs = windows_of(batch)
         assert len(graphs) == CFG.batch_size * CFG.samples_per_traj
-        assert batch.y.shape == (len(graphs) * graph.num_params, CFG.seq_len)
+        assert batch.targets().shape == (len(graphs) * graph.num_params, CFG.seq_len)
         for g in graphs:
             _, traj, start, shift = g.window.tolist()
             ind = np.arange(start, n_states, stride)[:CFG.ctx + CFG.seq_len]  # as the reference cuts it
@@ -84,7 +84,7 @@ def test_stream_is_deterministic_across_workers_and_resumable(small_store):
     expected = [stream.batch(i) for i in range(4)]
     got = [b for _, b in zip(range(4), window_loader(stream, num_workers=2))]
     for a, b in zip(expected, got):
-        assert torch.equal(a.edge_attr, b.edge_attr) and torch.equal(a.y, b.y)
+        assert torch.equal(a.edge_attr, b.edge_attr) and torch.equal(a.targets(), b.targets())
     resumed = WindowStream(str(small_store), CFG, seed=11, start=2)
     assert torch.equal(next(iter(resumed)).edge_attr, expected[2].edge_attr)
     rank1 = WindowStream(str(small_store), CFG, seed=11, start=1, shard=(1, 2))
@@ -115,8 +115,9 @@ def _v1_copy(small_store, path) -> Path:
 def _same_batches(a: WindowStream, b: WindowStream, n: int = 3) -> None:
     for i in range(n):
         x, y = a.batch(i), b.batch(i)
-        for f in ('edge_attr', 'edge_index', 'edge_type', 'pos', 'pos_w', 'y', 'y_slot', 'y_len', 'window'):
+        for f in ('edge_attr', 'edge_index', 'edge_type', 'pos', 'pos_w', 'y_slot', 'y_len', 'window'):
             assert torch.equal(getattr(x, f), getattr(y, f)), f
+        assert torch.equal(x.targets(), y.targets())
 
 
 def test_version_1_and_2_and_migrated_stores_give_the_same_windows(small_store, tmp_path):
@@ -147,7 +148,7 @@ def test_batches_are_identical_for_0_1_2_workers(small_store):
     for workers in (1, 2):
         got = [b for _, b in zip(range(4), window_loader(stream, num_workers=workers))]
         for a, b in zip(expected, got):
-            for f in ('edge_attr', 'y', 'y_slot', 'y_len', 'pos', 'pos_w', 'window'):
+            for f in ('edge_attr', 'states', 'y_mean', 'y_std', 'y_slot', 'y_len', 'pos', 'pos_w', 'window'):
                 assert torch.equal(getattr(a, f), getattr(b, f)), (workers, f)
 
 
@@ -200,7 +201,8 @@ def test_a_damaged_read_is_skipped_and_named(small_store, tmp_path):
     for b in range(8):
         batch = stream.batch(b)
         assert batch.num_windows == CFG.batch_size * CFG.samples_per_traj
-        assert 2 not in batch.window[:, 1].tolist() and torch.isfinite(batch.y).all()
+        assert 2 not in batch.window[:, 1].tolist() and torch.isfinite(batch.targets()).all()
         skipped += batch.skipped
     assert skipped and all(f"task 'fm-16', trajectory 2: chunk {key}" in s for s in skipped)
-    assert torch.equal(stream.batch(3).y, WindowStream(str(store_path), CFG, tasks=['fm-16'], seed=0).batch(3).y)
+    again = WindowStream(str(store_path), CFG, tasks=['fm-16'], seed=0)
+    assert torch.equal(stream.batch(3).targets(), again.batch(3).targets())
