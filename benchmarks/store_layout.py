@@ -40,8 +40,9 @@ def layouts(n_states: int, n_params: int) -> dict[str, dict]:
         chunks=(1, v1_chunk, n_params), filters=delta, compressors=blosc('zstd', 3))}
     for k in (1, 2, 3):
         shards = dict(chunks=(1, k, n_params), shards=(1, max(k, shard - shard % k), n_params))
-        for cname, level in (('zstd', 1), ('zstd', 3), ('lz4', 5)):
-            name = f'shards, {k} state{"s" if k > 1 else ""} per chunk, {"delta + " if k > 1 else ""}blosc-{cname}-{level}'
+        for cname, level in (('zstd', 1), ('zstd', 3), ('lz4', 5), ('lz4hc', 5)):
+            states = f'{k} state{"s" if k > 1 else ""} per chunk'
+            name = f'shards, {states}, {"delta + " if k > 1 else ""}blosc-{cname}-{level}'
             out[name] = dict(**shards, filters=delta if k > 1 else [], compressors=blosc(cname, level))
     return out
 

@@ -44,7 +44,7 @@ def our_step(batch, amp: bool, steps: int) -> float:
 
     def one() -> None:
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
-            loss = window_l1(forward(model, batch), batch)
+            loss = window_l1(forward(model, batch), batch, 5)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

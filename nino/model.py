@@ -99,8 +99,10 @@ class NiNoGNN(Nowcaster):
         _init_weights(self)
 
     def forward(self, edge_attr: Tensor, edge_type: Tensor, edge_index: Tensor,
-                lpe: Tensor | None = None, pos_w: Tensor | None = None, k: int | None = None) -> Tensor:
-        """Predict (E, feat) at horizon k, or (E, feat, seq_len) for all horizons when k is None."""
+                lpe: Tensor | None = None, pos_w: Tensor | None = None, k: int | None = None,
+                add_last: bool = True) -> Tensor:
+        """Predict (E, feat) at horizon k, or (E, feat, seq_len) for all horizons when k is None;
+        `add_last=False` (all horizons only) returns the predicted change from the last state."""
         c = self.config
         feat = self._check_features(edge_attr)
         self._check_k(k)
@@ -125,7 +127,7 @@ class NiNoGNN(Nowcaster):
         hidden, out = self.head[0], self.head[2]
         if k is None:
             delta = self.head(e).view(-1, c.max_feat_size, c.seq_len)[:, :feat]
-            return last.unsqueeze(-1) + delta
+            return last.unsqueeze(-1) + delta if add_last else delta
         rows = torch.arange(feat, device=edge_attr.device) * c.seq_len + (k - 1)
         w_out, b_out = _select_rows(out, rows)
         delta = map_edges(lambda s: F.linear(F.silu(hidden(e[s])), w_out, b_out), len(e), c.chunk_size)
@@ -144,8 +146,10 @@ class NiNoMLP(Nowcaster):
         _init_weights(self)
 
     def forward(self, edge_attr: Tensor, edge_type: Tensor, edge_index: Tensor | None = None,
-                lpe: Tensor | None = None, pos_w: Tensor | None = None, k: int | None = None) -> Tensor:
-        """Predict (E, feat) at horizon k, or (E, feat, seq_len) when k is None."""
+                lpe: Tensor | None = None, pos_w: Tensor | None = None, k: int | None = None,
+                add_last: bool = True) -> Tensor:
+        """Predict (E, feat) at horizon k, or (E, feat, seq_len) when k is None; `add_last=False` (all
+        horizons only) returns the predicted change from the last state."""
         c = self.config
         feat = self._check_features(edge_attr)
         self._check_k(k)
@@ -153,7 +157,8 @@ class NiNoMLP(Nowcaster):
         last = x[:, :, -1]
         body, out = self.mlp[:-1], self.mlp[-1]
         if k is None:
-            return last.unsqueeze(-1) + self.mlp(self.edge_proj(x) + self.edge_type_embed(edge_type).unsqueeze(1))
+            delta = self.mlp(self.edge_proj(x) + self.edge_type_embed(edge_type).unsqueeze(1))
+            return last.unsqueeze(-1) + delta if add_last else delta
         w_out, b_out = _select_rows(out, slice(k - 1, k))
 
         def run(s: slice) -> Tensor:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -149,21 +150,32 @@ def _unwrap(model: torch.nn.Module) -> Nowcaster:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def target_l1(rows: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean absolute error of (Q, seq_len) values against the targets where `mask` (None: everywhere)."""
-    err = (rows.float() - targets).abs()
-    return err.mean() if mask is None else err[mask].mean()
+def target_l1(rows: torch.Tensor, batch: WindowBatch, targets: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error of (Q, seq_len) values against `targets`, over every target of the batch (each
+    parameter of each window at each horizon its window has; padding past a window's end counts for nothing).
+    `targets` is overwritten at the padding."""
+    count = rows.numel()
+    if batch.target_mask() is not None:  # padding: targets equal to the values, so zero error and gradient
+        for n, q0, q1 in zip(batch.y_len.tolist(), batch.y_ptr[:-1].tolist(), batch.y_ptr[1:].tolist()):
+            targets[q0:q1, n:] = rows[q0:q1, n:].detach()
+            count -= (q1 - q0) * (rows.shape[1] - n)
+    return F.l1_loss(rows.float(), targets, reduction='sum') / count
 
 
-def window_l1(pred: torch.Tensor, batch: WindowBatch) -> torch.Tensor:
-    """The training loss: mean absolute error of the predictions (E, feat, seq_len) at the target slots
-    against every target of the batch (each parameter of each window at each horizon its window has)."""
-    return target_l1(batch.at_targets(pred), batch.targets(), batch.target_mask())
+def change_targets(batch: WindowBatch, ctx: int) -> torch.Tensor:
+    """(Q, seq_len) targets minus the last input state: the change a nowcaster predicts."""
+    return batch.targets(minus=batch.last_input(ctx))
 
 
 def forward(model: torch.nn.Module, batch: WindowBatch) -> torch.Tensor:
-    """All-horizon predictions (E, feat, seq_len) of a nowcaster for a batch."""
-    return model(batch.edge_attr, batch.edge_type, batch.edge_index, batch.pos, batch.pos_w)
+    """All-horizon predicted changes from the last input state (E, feat, seq_len) of a nowcaster for a batch."""
+    return model(batch.edge_attr, batch.edge_type, batch.edge_index, batch.pos, batch.pos_w, add_last=False)
+
+
+def window_l1(delta: torch.Tensor, batch: WindowBatch, ctx: int) -> torch.Tensor:
+    """The training loss: L1 of the predicted states at every target (prediction = last state + change;
+    the last state cancels, so it is taken from the targets instead of added to every prediction)."""
+    return target_l1(batch.at_targets(delta), batch, change_targets(batch, ctx))
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -225,10 +237,10 @@ def validate(model: torch.nn.Module, batches: list, cfg: TrainConfig) -> tuple[f
     for batch in batches:
         batch = batch.to(cfg.device)
         with _autocast(cfg):
-            pred = forward(model, batch)
-        targets, mask = batch.targets(), batch.target_mask()
-        ours += target_l1(batch.at_targets(pred), targets, mask).item()
-        base += target_l1(batch.last_input(ctx).unsqueeze(-1).expand_as(targets), targets, mask).item()
+            delta = forward(model, batch)
+        ours += target_l1(batch.at_targets(delta), batch, change_targets(batch, ctx)).item()
+        base += target_l1(torch.zeros(len(batch.y_slot), batch.seq_len, device=cfg.device), batch,
+                          change_targets(batch, ctx)).item()
     model.train()
     return ours / len(batches), base / len(batches)
 
@@ -331,6 +343,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                 'optimizer': copy.deepcopy(optimizer.state_dict())}
 
     last_good = snapshot()
+    ctx = cfg.window_config().ctx
     losses: list[float] = []
     damaged = 0
     val = (math.nan, math.nan)
@@ -347,8 +360,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                 print(f'skipped a damaged read: {problem}')
 
             with _autocast(cfg):
-                pred = forward(model, batch)
-                loss = window_l1(pred, batch)
+                loss = window_l1(forward(model, batch), batch, ctx)
             optimizer.zero_grad(set_to_none=True)
             finite = torch.isfinite(loss)
             if bool(finite):

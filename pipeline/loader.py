@@ -99,14 +99,16 @@ class WindowBatch:
         return WindowBatch(**{f.name: v.pin_memory() if isinstance(v, Tensor) else v
                               for f in fields(self) for v in [getattr(self, f.name)]})
 
-    def targets(self) -> Tensor:
-        """(Q, seq_len) float32 scaled target states; zero past each window's end."""
+    def targets(self, minus: Tensor | None = None) -> Tensor:
+        """(Q, seq_len) float32 scaled target states, zero past each window's end; `minus` (Q,) is
+        subtracted from every row on the way (e.g. the last input state, for targets of change)."""
         full = bool((self.y_len == self.seq_len).all())
         y = (torch.empty if full else torch.zeros)(len(self.y_slot), self.seq_len, device=self.states.device)
+        offset = self.y_mean if minus is None else torch.addcmul(self.y_mean, minus, self.y_std)
         for (row, col), n, q0, q1 in zip(self.y_src.tolist(), self.y_len.tolist(), self.y_ptr[:-1].tolist(),
                                          self.y_ptr[1:].tolist()):
             raw = self.states[row:row + q1 - q0, col:col + n]
-            torch.sub(raw, self.y_mean[q0:q1, None], out=y[q0:q1, :n]).div_(self.y_std[q0:q1, None])
+            torch.sub(raw, offset[q0:q1, None], out=y[q0:q1, :n]).div_(self.y_std[q0:q1, None])
         return y
 
     def target_mask(self) -> Tensor | None:
