@@ -33,6 +33,7 @@ from tqdm import tqdm
 from pipeline.loader import WindowBatch, WindowConfig, WindowStream, window_loader
 
 from .checkpoint import save_nowcaster
+from .config import parse_number
 from .model import NiNoConfig, Nowcaster, build_nowcaster
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -42,17 +43,6 @@ CSV_FIELDS = ('step', 'batch', 'loss', 'lr', 'grad_norm', 'seconds', 'event')
 
 class TrainingDiverged(RuntimeError):
     """Training hit too many non-finite losses or gradients in a row."""
-
-
-def _number(name: str, value: Any, kind: type) -> float | int:
-    """A numeric config value; accepts strings such as '3e-3' (which YAML 1.1 leaves as text)."""
-    try:
-        number = kind(value) if not isinstance(value, bool) else None
-    except (TypeError, ValueError):
-        number = None
-    if number is None or (kind is int and isinstance(value, float) and not value.is_integer()):
-        raise ValueError(f'training config field {name!r} must be {kind.__name__}, got {value!r}')
-    return number
 
 
 #: Smallest value each numeric training field accepts (0 for val_every means "at the end only").
@@ -100,7 +90,7 @@ class TrainConfig:
         d = dict(d)
         for f in fields(cls):
             if f.name in d and f.type in ('float', 'int'):
-                d[f.name] = _number(f.name, d[f.name], float if f.type == 'float' else int)
+                d[f.name] = parse_number(f.name, d[f.name], float if f.type == 'float' else int, 'training config')
         for name in ('model', 'window'):
             if not isinstance(d.get(name, {}), dict):
                 raise ValueError(f'training config field {name!r} must be a mapping, got {d[name]!r}')

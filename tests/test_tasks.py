@@ -103,3 +103,15 @@ def test_a_tokenizer_larger_than_the_model_vocabulary_is_named_before_any_work(t
     config.write_text(yaml.safe_dump({'tasks': [entry]}))
     with pytest.raises(ConfigError, match=r"lm.yaml: task 'lm-3-24': .*no-such-bpe lacks vocab.json and merges.txt"):
         load_config(config)
+
+
+def test_yaml_exponent_floats_are_accepted_in_collect_configs(tmp_path):
+    """PyYAML reads `lr: 3e-3` as a string; collection configs accept it as training configs do."""
+    config = tmp_path / 'c.yaml'
+    config.write_text('store: s\ntasks:\n  - preset: digits-mlp\n    lr: 3e-3\n    weight_decay: 1e-4\n'
+                      '  - preset: digits-mlp\n    name: ranged\n    lr: [1e-3, 3e-3]\n')
+    _, specs = load_config(config)
+    assert specs[0].lr == (3e-3, 3e-3) and specs[0].weight_decay == 1e-4 and specs[1].lr == (1e-3, 3e-3)
+    config.write_text('store: s\ntasks:\n  - preset: digits-mlp\n    lr: fast\n')
+    with pytest.raises(ConfigError, match="field 'lr' must be a positive number"):
+        load_config(config)

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from nino.config import parse_number
+
 from .presets import PRESETS
 
 
@@ -99,6 +101,11 @@ def _build_spec(d: dict[str, Any], where: str) -> TaskSpec:
                           f"got {values['optimizer']!r}")
     if 'lr' in values:
         values['lr'] = _lr_range(values['lr'], where)
+    if 'weight_decay' in values:
+        try:
+            values['weight_decay'] = parse_number('weight_decay', values['weight_decay'], float, where)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     spec = TaskSpec(**values)
     if spec.record_every > spec.steps:
         raise ConfigError(f"{where}: field 'record_every' ({spec.record_every}) exceeds 'steps' ({spec.steps})")
@@ -109,8 +116,12 @@ def _build_spec(d: dict[str, Any], where: str) -> TaskSpec:
 
 
 def _lr_range(v: Any, where: str) -> tuple[float, float]:
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
+    if not isinstance(v, (list, tuple)):
         v = [v, v]
+    try:
+        v = [parse_number('lr', x, float, where) for x in v]
+    except ValueError:
+        raise ConfigError(f"{where}: field 'lr' must be a positive number or a range [low, high], got {v!r}") from None
     if (not isinstance(v, (list, tuple)) or len(v) != 2
             or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v)
             or v[0] > v[1]):
