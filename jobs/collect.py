@@ -21,7 +21,7 @@ from typing import Any
 import ray
 
 from nino.graph import param_shapes
-from pipeline.data import check_vocab
+from pipeline.data import load_dataset
 from pipeline.record import METRICS, record_trajectory
 from pipeline.scheduler import remaining, run_per_trajectory
 from pipeline.store import StoreError, TrajectoryStore
@@ -64,10 +64,12 @@ def load_config(path: str | Path) -> tuple[dict[str, Any], list[TaskSpec]]:
 
 
 def prepared_spec(spec: TaskSpec, path: str | Path) -> TaskSpec:
-    """The spec with absolute dataset paths and its tokenizer checked against the model (errors name the file)."""
+    """The spec with absolute dataset paths, its data loaded once on the driver (missing files, corpora
+    too small for the context and split, a tokenizer larger than the model) before any Ray work;
+    errors name the config file and the task."""
     spec = with_absolute_paths(spec)
     try:
-        check_vocab(spec.dataset, spec.arch.get('vocab_size'))
+        load_dataset(spec.dataset, spec.arch.get('vocab_size'))
     except (ValueError, OSError) as err:
         raise ConfigError(f"{path}: task '{spec.name}': {err}") from None
     return spec

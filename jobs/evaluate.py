@@ -36,6 +36,7 @@ import ray
 from tqdm import tqdm
 
 from nino.evaluation import BASE, LINEAR, Curve, load_curve, method_nowcaster, metric_of, run_curve, speedups
+from pipeline.scheduler import describe_failure
 from pipeline.tasks import ConfigError, TaskSpec, expand_task, read_config_file
 
 from .collect import prepared_spec
@@ -84,6 +85,10 @@ def _run(spec_dict: dict, seed: int, method: str, ckpt: str | None, period: int)
 
 
 _run_remote = ray.remote(num_cpus=1, max_retries=2)(_run)
+
+
+class RunFailed(RuntimeError):
+    """An evaluation run raised; the message holds its root cause."""
 
 
 def check_periods(task_list: list[tuple[TaskSpec, int, float]], methods: dict[str, str | None]) -> None:
@@ -145,8 +150,12 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 name = pending.pop(ready[0])
+                try:
+                    curve = ray.get(ready[0])
+                except ray.exceptions.RayError as err:  # finished runs stay saved: a rerun resumes
+                    raise RunFailed(f'evaluation run {name} failed: {describe_failure(err)}') from None
                 tmp = runs / f'.{name}.tmp'
-                tmp.write_text(json.dumps(ray.get(ready[0])))
+                tmp.write_text(json.dumps(curve))
                 os.replace(tmp, runs / name)
                 bar.update(1)
     curves = [load_curve(runs / name) for *_, name in grid]
@@ -180,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
+    except RunFailed as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
     print(table)
     print(f'\noutputs in {args.out}: summary.md, curves.csv, curves.json, speedups.csv, curves_*.png, speedup.png')
     return 0

@@ -9,6 +9,7 @@ retries an item whose worker dies (`max_retries`).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,18 @@ import ray
 from tqdm import tqdm
 
 from .manifest import Manifest
+
+_ANSI = re.compile(r'\x1b\[[0-9;]*m')
+
+
+def describe_failure(err: BaseException) -> str:
+    """One line for a failed Ray task: the root exception's type and message (not Ray's header), no colours."""
+    cause = getattr(err, 'cause', None)
+    if isinstance(err, ray.exceptions.RayTaskError) and cause is not None:
+        err = cause
+    lines = [line for line in _ANSI.sub('', str(err)).splitlines() if line.strip()]
+    message = lines[-1].strip() if isinstance(err, ray.exceptions.RayError) and lines else ' '.join(lines[:1])
+    return f'{type(err).__name__}: {message}'[:500]
 
 Group = TypeVar('Group')
 Item = tuple[Group, int]
@@ -57,7 +70,7 @@ def run_per_trajectory(items: Sequence[Item], submit: Callable[[Item], ray.Objec
                 row = ray.get(ready[0])
                 result.done.append(item)
             except Exception as err:  # the task raised, or its worker was lost past its retries
-                row = dict(task=task, index=index, status='failed', error=str(err).splitlines()[0][:500],
+                row = dict(task=task, index=index, status='failed', error=describe_failure(err),
                            updated=time.time(), **(failed_fields(item) if failed_fields else {}))
                 result.failed.append(f'{task}[{index}]: {row["error"]}')
             manifest.upsert(row)

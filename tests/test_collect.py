@@ -121,3 +121,42 @@ def test_changed_spec_for_an_existing_store_loses_nothing(tmp_path):
         collect(changed, progress=False)
     assert (store / 'manifest.parquet').read_bytes() == before
     assert verify_store(TrajectoryStore(store, mode='r')) == (2, [])
+
+
+@pytest.mark.parametrize('text, message', [
+    ('', 'text corpus .*corpus.txt: 0 tokens are too few for context 32'),
+    ('tiny corpus\n', 'text corpus .*corpus.txt: 12 tokens are too few for context 32'),
+])
+def test_corpora_too_small_are_named_before_any_work(tmp_path, text, message):
+    from pipeline.tasks import ConfigError
+    corpus = tmp_path / 'corpus.txt'
+    corpus.write_text(text)
+    config = tmp_path / 'cfg.yaml'
+    config.write_text(yaml.safe_dump({'store': str(tmp_path / 's'), 'tasks': [
+        {'preset': 'lm-3-24', 'dataset': {'path': str(corpus), 'context': 32}, 'steps': 40, 'record_every': 10,
+         'eval_every': 20, 'trajectories': 1}]}))
+    with pytest.raises(ConfigError, match=f"cfg.yaml: task 'lm-3-24': {message}"):
+        load_config(config)
+    assert not (tmp_path / 's').exists()
+
+
+def test_a_missing_dataset_root_is_named_before_any_work(tmp_path):
+    from jobs.collect import main
+    config = tmp_path / 'cfg.yaml'
+    config.write_text(yaml.safe_dump({'store': str(tmp_path / 's'), 'tasks': [
+        {'preset': 'fm-16', 'dataset': {'root': str(tmp_path / 'nowhere')}, 'steps': 40, 'trajectories': 1}]}))
+    assert main(['--config', str(config)]) == 2
+    assert not (tmp_path / 's').exists()
+
+
+def test_a_failed_ray_task_keeps_its_root_cause_without_colours():
+    from pipeline.scheduler import describe_failure
+
+    @ray.remote
+    def fails():
+        raise FileNotFoundError('text corpus not found: /data/corpus.txt')
+
+    with pytest.raises(ray.exceptions.RayTaskError) as caught:
+        ray.get(fails.remote())
+    assert '\x1b[' in str(caught.value) or 'ray::' in str(caught.value)  # what Ray's own message looks like
+    assert describe_failure(caught.value) == 'FileNotFoundError: text corpus not found: /data/corpus.txt'

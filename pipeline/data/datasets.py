@@ -102,8 +102,15 @@ def _digits(cfg: dict[str, Any]) -> ClassificationData:
 
 def _text(cfg: dict[str, Any]) -> TokenData:
     tokens = load_text_tokens(cfg['path'], cfg.get('tokenizer', 'bytes'))
-    n_val = int(len(tokens) * float(cfg.get('val_fraction', 0.1)))
-    return TokenData(tokens[:-n_val], tokens[-n_val:], int(cfg.get('context', 64)))
+    context, fraction = int(cfg.get('context', 64)), float(cfg.get('val_fraction', 0.1))
+    n_val = int(len(tokens) * fraction)
+    if n_val < context + 1 or len(tokens) - n_val < context + 2:
+        need = max(context + 2 + int(fraction * (context + 2) / max(1e-9, 1 - fraction)) + 1,
+                   int((context + 1) / max(fraction, 1e-9)) + 1)
+        raise ValueError(f"text corpus {cfg['path']}: {len(tokens)} tokens are too few for context {context} with "
+                         f'val_fraction {fraction:g} (each split needs more than one context window; at least '
+                         f'{need} tokens)')
+    return TokenData(tokens[:-n_val], tokens[-n_val:], context)
 
 
 def _cifar(cfg: dict[str, Any]) -> ClassificationData:

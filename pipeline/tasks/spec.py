@@ -116,17 +116,14 @@ def _build_spec(d: dict[str, Any], where: str) -> TaskSpec:
 
 
 def _lr_range(v: Any, where: str) -> tuple[float, float]:
-    if not isinstance(v, (list, tuple)):
-        v = [v, v]
+    values = v if isinstance(v, (list, tuple)) else [v, v]
     try:
-        v = [parse_number('lr', x, float, where) for x in v]
-    except ValueError:
-        raise ConfigError(f"{where}: field 'lr' must be a positive number or a range [low, high], got {v!r}") from None
-    if (not isinstance(v, (list, tuple)) or len(v) != 2
-            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v)
-            or v[0] > v[1]):
+        low, high = (parse_number('lr', x, float, where) for x in values)
+    except ValueError:  # not numbers, or not two of them
+        low = high = math.nan
+    if not 0 < low <= high:
         raise ConfigError(f"{where}: field 'lr' must be a positive number or a range [low, high], got {v!r}")
-    return float(v[0]), float(v[1])
+    return low, high
 
 
 def expand_task(entry: dict[str, Any], index: int) -> list[TaskSpec]:
