@@ -174,17 +174,32 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(folder.glob('step-*.pt'), reverse=True) if folder.is_dir() else []
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint (`checkpoints/step-*.pt`); anything else is a ValueError naming the file."""
+    if not path.is_file():
+        raise ValueError(f'--resume {path}: no such file')
+    if path.suffix == '.safetensors':
+        raise ValueError(f'--resume {path}: an exported nowcaster, not a training checkpoint; resume from '
+                         f"run_dir/{CHECKPOINT_DIR}/step-*.pt or with --resume auto")
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # torn, foreign or not a torch file at all
+        raise ValueError(f'--resume {path}: not a readable training checkpoint ({type(err).__name__})') from None
+    missing = {'model', 'optimizer', 'scheduler', 'step', 'position', 'config'} - set(state) \
+        if isinstance(state, dict) else {'everything'}
+    if missing:
+        raise ValueError(f'--resume {path}: not a training checkpoint (no {sorted(missing)})')
+    return state
+
+
 def load_latest_checkpoint(run_dir: str | Path) -> tuple[dict[str, Any] | None, list[str]]:
     """The newest checkpoint that reads back completely, and what was skipped on the way."""
     skipped = []
     for path in list_checkpoints(run_dir):
         try:
-            state = torch.load(path, map_location='cpu', weights_only=True)
-            if not {'model', 'optimizer', 'scheduler', 'step', 'position', 'config'} <= set(state):
-                raise ValueError('incomplete checkpoint')
-            return state, skipped
-        except Exception as err:  # a torn or foreign file: skip it, try the previous one
-            skipped.append(f'{path.name} ({type(err).__name__})')
+            return read_checkpoint(path), skipped
+        except ValueError as err:  # a torn or foreign file: skip it, try the previous one
+            skipped.append(f'{path.name} ({str(err).rsplit("(", 1)[-1].rstrip(")")})')
     return None, skipped
 
 
@@ -248,7 +263,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     if resume == 'auto':
         state, skipped = load_latest_checkpoint(run_dir)
     elif resume:
-        state = torch.load(resume, map_location='cpu', weights_only=True)
+        state = read_checkpoint(Path(resume))
     if state is not None:
         saved = TrainConfig.from_dict(state['config'])
         diff = sorted(f.name for f in fields(TrainConfig)

@@ -300,3 +300,27 @@ def test_loss_equals_the_papers_masked_edge_space_l1(small_store):
         paper = torch.nn.functional.l1_loss(torch.cat(preds)[mask], torch.cat(targets)[mask])
         assert torch.allclose(ours, paper, rtol=1e-5), (b, float(ours), float(paper))
     assert short > 0  # the padding case was exercised
+
+
+def test_bad_resume_paths_are_one_line_each(small_store, tmp_path):
+    config = tmp_path / 'train.yaml'
+    config.write_text(yaml.safe_dump({**TINY, 'steps': 2}))
+    garbage = tmp_path / 'random.pt'
+    garbage.write_bytes(os.urandom(4096))
+    text = tmp_path / 'notes.txt'
+    text.write_text('not a checkpoint\n')
+    export = tmp_path / 'nowcaster.safetensors'
+    from nino.checkpoint import save_nowcaster
+    from nino.model import NiNoConfig, build_nowcaster
+    save_nowcaster(build_nowcaster(NiNoConfig(hid=8, layers=2)), export)
+    other = tmp_path / 'other.pt'
+    torch.save({'weights': torch.zeros(2)}, other)
+    cases = [(tmp_path / 'missing.pt', 'no such file'), (garbage, 'not a readable training checkpoint'),
+             (text, 'not a readable training checkpoint'), (export, 'an exported nowcaster'),
+             (other, 'not a training checkpoint')]
+    for path, message in cases:
+        done = subprocess.run(_cmd(config, small_store, tmp_path / 'run', '--resume', str(path)), cwd=ROOT,
+                              capture_output=True, text=True)
+        assert done.returncode == 2, (path, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f'error: --resume {path}: {message}'), done.stderr
