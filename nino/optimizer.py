@@ -33,8 +33,11 @@ def k_schedule(seq_len: int, max_train_steps: int, period: int) -> np.ndarray:
     return (np.linspace(seq_len ** 0.5, 1, num=n) ** 2).round().astype(np.int64)
 
 
-class NiNo:
+class NiNo(torch.optim.Optimizer):
     """A torch optimizer wrapper that nowcasts parameters once every `period` steps.
+
+    It is a `torch.optim.Optimizer` whose `param_groups`, `state` and `defaults` are the base
+    optimizer's, so learning-rate schedulers (StepLR, transformers' warmup schedules) drive it.
 
     Args:
         base_opt: any `torch.optim.Optimizer` over `model`'s parameters (e.g. AdamW).
@@ -52,6 +55,7 @@ class NiNo:
                  ckpt: str | Path | Nowcaster | None = None, period: int = 1000,
                  max_train_steps: int = 10000, device: str | torch.device | None = None,
                  num_heads: int | None = None, lpe: Tensor | None = None) -> None:
+        # Optimizer.__init__ is not called: the wrapper has no param groups of its own (see the properties)
         self.base_opt = base_opt
         self.period = period
         self.max_train_steps = max_train_steps
@@ -93,6 +97,14 @@ class NiNo:
     @property
     def param_groups(self) -> list[dict]:
         return self.base_opt.param_groups
+
+    @property
+    def state(self) -> dict:
+        return self.base_opt.state
+
+    @property
+    def defaults(self) -> dict:
+        return self.base_opt.defaults
 
     @property
     def next_step_nowcasts(self) -> bool:

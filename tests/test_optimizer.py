@@ -208,3 +208,29 @@ def model_first_layer(model: torch.nn.Module) -> str:
     """Name prefix of the model's first parameter's module (e.g. 'features.0.')."""
     first = next(iter(dict(model.named_parameters())))
     return first.rsplit('.', 1)[0] + '.'
+
+
+def test_lr_schedulers_drive_the_wrapper(gnn, fashion_mnist):
+    from transformers import get_linear_schedule_with_warmup
+    model, opt = _setup(gnn)
+    assert isinstance(opt, torch.optim.Optimizer)
+    step_lr = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+    lrs = []
+    for step in range(12):
+        x, y = _batch(fashion_mnist, step)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        if opt.need_grads:
+            loss.backward()
+        opt.step()
+        step_lr.step()
+        lrs.append(opt.base_opt.param_groups[0]['lr'])
+    assert lrs[3] == LR and lrs[4] == LR / 2 and lrs[9] == LR / 4 and opt.num_nowcasts == 1
+    model, opt = _setup(gnn)
+    warmup = get_linear_schedule_with_warmup(opt, num_warmup_steps=4, num_training_steps=20)
+    seen = []
+    for _ in range(8):
+        seen.append(opt.base_opt.param_groups[0]['lr'])
+        opt.step()
+        warmup.step()
+    assert seen[:5] == pytest.approx([0, LR / 4, LR / 2, 3 * LR / 4, LR]) and seen[7] < LR
