@@ -205,8 +205,8 @@ class TrajectoryStore:
             self.hub = HubStore(*parse_hub_url(self.url), cache_dir=self.storage_options.get('cache_dir'))
             try:
                 found = self.hub.fetch('zarr.json')
-            except HubUnavailableError:
-                found = None
+            except HubUnavailableError as err:  # offline or unreachable: say so, not "no store"
+                raise StoreError(f'{self.url}: {err}') from None
             if found is None:
                 raise StoreError(f'{self.url}: no trajectory store here (zarr.json missing)')
             self.root = zarr.open_group(self.hub, mode='r', zarr_format=3)

@@ -177,3 +177,15 @@ def test_killed_conversion_completes_on_rerun_without_converting_twice(tmp_path)
     for i in range(12):
         assert np.array_equal(group.read_params(i).view(np.uint16), arrays['fm-16.dat'][i].view(np.uint16))
     assert verify_store(s) == (12, [])
+
+
+def test_an_uncached_hub_store_offline_says_so_in_one_line(tmp_path):
+    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_HUB_CACHE': str(tmp_path / 'empty-cache')}
+    for command in (['stream', 'hf://datasets/someone/trajectories/small', '--batches', '1'],
+                    ['verify', 'hf://datasets/someone/trajectories/small']):
+        done = subprocess.run([sys.executable, '-m', 'pipeline', *command], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and 'zarr.json is not in the local hub cache and the hub cannot be reached' in lines[0]
+        assert lines[0].startswith('error: hf://datasets/someone/trajectories/small: ')
