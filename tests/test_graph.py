@@ -127,3 +127,11 @@ def test_lpe_spans_the_reference_eigenvalues_and_is_deterministic(stem):
     np.testing.assert_allclose(np.sort(ours), np.sort(ref), atol=1e-4)
     top = lpe.abs().argmax(0)
     assert (lpe[top, torch.arange(8)] > 0).all()
+
+
+def test_an_embedding_outside_gpt2_is_refused_by_name():
+    model = torch.nn.Sequential(torch.nn.Embedding(100, 16), torch.nn.Linear(16, 4))
+    with pytest.raises(UnsupportedLayerError, match=r"parameter '0.weight' is an nn.Embedding"):
+        graph_for_module(model)
+    with pytest.raises(UnsupportedLayerError, match=r"parameter 'weight' is an nn.Embedding"):
+        graph_for_module(torch.nn.Embedding(10, 4))

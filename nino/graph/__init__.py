@@ -37,8 +37,19 @@ def build_graph(params: Iterable[tuple[str, tuple[int, ...]]], num_heads: int | 
 
 
 def graph_for_module(model: torch.nn.Module, num_heads: int | None = None) -> NeuralGraph:
-    """Build the neural graph of a module; a transformers GPT-2 gives its head count itself."""
+    """Build the neural graph of a module; a transformers GPT-2 gives its head count itself.
+
+    Outside GPT-2 models, an `nn.Embedding` is refused: its (rows, dim) weight has a linear layer's
+    shape, but rows are tokens, not neurons fed by the previous layer.
+    """
     config = getattr(model, 'config', None)
     if num_heads is None and config is not None:
         num_heads = getattr(config, 'n_head', None)
-    return build_graph(param_shapes(model), num_heads=num_heads)
+    shapes = param_shapes(model)
+    if not is_gpt2(shapes):
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Embedding):
+                weight = f'{name}.weight' if name else 'weight'
+                raise UnsupportedLayerError(f"parameter '{weight}' is an nn.Embedding, which the MLP/convnet "
+                                            f'neural graph cannot represent (GPT-2 models can)')
+    return build_graph(shapes, num_heads=num_heads)
