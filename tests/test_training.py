@@ -302,7 +302,8 @@ def test_loss_equals_the_papers_masked_edge_space_l1(small_store):
     assert short > 0  # the padding case was exercised
 
 
-def test_bad_resume_paths_are_one_line_each(small_store, tmp_path):
+def test_bad_resume_paths_are_one_line_each(small_store, tmp_path, capsys):
+    from jobs.train import main
     config = tmp_path / 'train.yaml'
     config.write_text(yaml.safe_dump({**TINY, 'steps': 2}))
     garbage = tmp_path / 'random.pt'
@@ -319,8 +320,8 @@ def test_bad_resume_paths_are_one_line_each(small_store, tmp_path):
              (text, 'not a readable training checkpoint'), (export, 'an exported nowcaster'),
              (other, 'not a training checkpoint')]
     for path, message in cases:
-        done = subprocess.run(_cmd(config, small_store, tmp_path / 'run', '--resume', str(path)), cwd=ROOT,
-                              capture_output=True, text=True)
-        assert done.returncode == 2, (path, done.stderr)
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f'error: --resume {path}: {message}'), done.stderr
+        code = main(_cmd(config, small_store, tmp_path / 'run', '--resume', str(path))[3:])
+        err = capsys.readouterr().err
+        assert code == 2, (path, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f'error: --resume {path}: {message}'), err
