@@ -170,19 +170,17 @@ class WindowStream(IterableDataset):
         store = TrajectoryStore(store_url, storage_options, mode='r')
         self.task_names = list(tasks) if tasks else store.task_names()
         done = store.manifest().done() if only_done else None
-        self.trajectories = {}
-        for name in self.task_names:
-            group = store.group(name)
-            indices = range(group.spec.trajectories)
-            self.trajectories[name] = [i for i in indices if done is None or (name, i) in done]
+        groups = {name: store.group(name) for name in self.task_names}
+        self.trajectories = {name: [i for i in range(g.spec.trajectories) if done is None or (name, i) in done]
+                             for name, g in groups.items()}
         for name, indices in (trajectories or {}).items():
             if name not in self.trajectories:
                 raise ValueError(f'trajectories given for task {name!r}, which is not among {self.task_names}')
             allowed = set(self.trajectories[name])
             self.trajectories[name] = [i for i in indices if i in allowed]
         self._tasks: dict[str, _Task] | None = None
-        for name in self.task_names:  # validate on the driver: fail before any worker starts
-            self._check_task(store.group(name), only_done)
+        for group in groups.values():  # validate on the driver: fail before any worker starts
+            self._check_task(group, only_done)
 
     def _check_task(self, group: TaskGroup, only_done: bool) -> None:
         spec, c = group.spec, self.config
