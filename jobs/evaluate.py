@@ -38,6 +38,7 @@ from tqdm import tqdm
 from nino.evaluation import BASE, LINEAR, Curve, load_curve, method_nowcaster, metric_of, run_curve, speedups
 from pipeline.scheduler import describe_failure
 from pipeline.tasks import ConfigError, TaskSpec, expand_task, read_config_file
+from pipeline.watchdog import init_ray
 
 from .collect import prepared_spec
 from .report import plot_curves, plot_speedups, write_curves, write_table
@@ -143,7 +144,7 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
     todo = [g for g in grid if not (runs / g[4]).exists()]
     if todo:
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, logging_level='WARNING')
+            init_ray(address)
         pending = {_run_remote.remote(spec.to_dict(), 1000 + seed, m, methods[m], period): name
                    for spec, period, seed, m, name in todo}
         with tqdm(total=len(grid), initial=len(grid) - len(todo), desc='evaluation runs', disable=not progress) as bar:

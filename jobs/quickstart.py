@@ -19,6 +19,7 @@ import ray
 
 from nino.training import TrainConfig, train
 from pipeline.tasks import read_config_file
+from pipeline.watchdog import init_ray
 
 from .collect import collect
 from .evaluate import evaluate
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     start = time.time()
-    ray.init(include_dashboard=False, logging_level='WARNING', log_to_driver=False)
+    init_ray(log_to_driver=False)
     try:
         print('== 1/3 collecting trajectories (digits MLP family) ==', flush=True)
         print(collect(CONFIGS / 'quickstart-collect.yaml', store_url=str(out / 'store')))

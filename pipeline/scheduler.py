@@ -19,6 +19,7 @@ import ray
 from tqdm import tqdm
 
 from .manifest import Manifest
+from .watchdog import init_ray
 
 _ANSI = re.compile(r'\x1b\[[0-9;]*m')
 
@@ -58,7 +59,7 @@ def run_per_trajectory(items: Sequence[Item], submit: Callable[[Item], ray.Objec
     if not items:
         return result
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level='WARNING')
+        init_ray(address)
     start = time.time()
     pending = {submit(item): item for item in items}
     with tqdm(total=len(items), desc=desc, unit='traj', disable=not progress) as bar:

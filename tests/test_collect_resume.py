@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 from pipeline.store import TrajectoryStore
@@ -16,6 +17,7 @@ from pipeline.verify import verify_store
 from tests.conftest import SHARED
 
 ROOT = Path(__file__).resolve().parents[1]
+FM_ROOT = str(SHARED / 'data' / 'fashion-mnist-t10k-4443')
 
 
 def _run(config: Path) -> subprocess.Popen:
@@ -56,3 +58,29 @@ def test_killed_driver_rerun_schedules_only_missing(tmp_path):
     for key in done_at_kill:
         assert manifest.rows[key]['updated'] == rows[key]['updated']  # not run again
     assert verify_store(TrajectoryStore(store, mode='r')) == (6, [])
+
+
+def test_a_sigkilled_driver_leaves_no_ray_processes_behind(tmp_path):
+    """The local cluster a collect driver started is stopped when the driver is SIGKILLed."""
+    config = tmp_path / 'cfg.yaml'
+    config.write_text(yaml.safe_dump({'store': str(tmp_path / 's'), 'tasks': [
+        {'preset': 'fm-16', 'dataset': {'root': FM_ROOT, 'val_size': 443}, 'steps': 4000, 'eval_every': 4000,
+         'trajectories': 2, 'batch_size': 64}]}))
+    driver = subprocess.Popen([sys.executable, '-m', 'jobs.collect', '--config', str(config)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = psutil.Process(driver.pid)
+    deadline = time.time() + 120
+    cluster: list[psutil.Process] = []
+    while time.time() < deadline:
+        cluster = proc.children(recursive=True)
+        if sum(c.name().startswith('ray::record') for c in cluster) == 2:
+            break
+        time.sleep(0.2)
+    assert any(c.name() == 'raylet' for c in cluster) and any(c.name() == 'gcs_server' for c in cluster)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    deadline = time.time() + 15  # without the watchdog, Ray's agents outlive the driver by a minute or more
+    while time.time() < deadline and any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in cluster):
+        time.sleep(0.5)
+    left = [f'{c.pid} {c.name()}' for c in cluster if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f'still running after the driver was killed: {left}'
