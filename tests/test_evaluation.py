@@ -158,3 +158,30 @@ def test_nino_refuses_a_period_that_is_not_a_multiple_of_ctx():
     model = torch.nn.Linear(3, 2)
     with pytest.raises(ValueError, match=r'period \(7\) must be a positive multiple of ctx \(5\)'):
         NiNo(torch.optim.Adam(model.parameters()), model, ckpt=LinearExtrapolation(seq_len=10), period=7)
+
+
+def test_a_failed_evaluation_run_reports_its_cause_in_one_line(tmp_path, monkeypatch, capsys):
+    """A run that raises inside Ray (here: its corpus vanished after the driver checked it) ends the job
+    with one line holding the root cause, not Ray's traceback."""
+    import jobs.evaluate as job
+    from tests.conftest import TEXT
+    corpus = tmp_path / 'corpus.txt'
+    corpus.write_text(TEXT.read_text()[:20000])
+    config = tmp_path / 'eval.yaml'
+    config.write_text(yaml.safe_dump({'seeds': 1, 'tasks': [
+        {'preset': 'lm-3-24', 'dataset': {'path': str(corpus), 'context': 32}, 'steps': 400, 'eval_every': 200,
+         'batch_size': 8, 'period': 50, 'target': {'metric': 'val_loss', 'value': 1.0}}]}))
+    checked = job.load_eval_config
+
+    def then_remove(path):
+        loaded = checked(path)
+        corpus.unlink()
+        return loaded
+
+    monkeypatch.setattr(job, 'load_eval_config', then_remove)
+    code = job.main(['--config', str(config), '--out', str(tmp_path / 'out'), '--no-baselines'])
+    err = capsys.readouterr().err
+    assert code == 1 and 'Traceback' not in err and '\x1b[' not in err, err
+    last = err.strip().splitlines()[-1]  # above it: Ray's start-up warning and the progress bar
+    assert last.startswith('error: evaluation run lm-3-24-s0-adam-') and \
+        f'failed: FileNotFoundError: text corpus not found: {corpus}' in last
