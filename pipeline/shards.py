@@ -63,34 +63,38 @@ class ShardReader:
         self.inner_states = conf['chunk_shape'][1]
         self.inner_per_shard = self.shard_states // self.inner_states
         self.n_params = self.shape[2]
-        self._index: dict[tuple[int, int], np.ndarray] = {}
+        self._index: dict[tuple[int, int], list[tuple[int, int]]] = {}
 
     def read(self, traj: int, states: np.ndarray) -> np.ndarray:
         """(len(states), n_params) float16; states never written read as NaN."""
-        states = np.asarray(states, dtype=np.int64)
+        states = [int(s) for s in states]
         out = np.empty((len(states), self.n_params), np.float16)
-        inner = states // self.inner_states
-        for shard in np.unique(inner // self.inner_per_shard).tolist():
+        rows_of: dict[int, list[int]] = {}  # inner chunk -> rows of `out` it fills
+        for row, state in enumerate(states):
+            rows_of.setdefault(state // self.inner_states, []).append(row)
+        chunks_of: dict[int, list[int]] = {}  # shard -> its inner chunks asked for
+        for chunk in rows_of:
+            chunks_of.setdefault(chunk // self.inner_per_shard, []).append(chunk)
+        for shard, chunks in chunks_of.items():
             key = f'c/{traj}/{shard}/0'
             index = self._shard_index(traj, shard, key)
-            if index is None:  # a shard never written: the fill value
-                out[inner // self.inner_per_shard == shard] = np.nan
-                continue
-            wanted = sorted(set(inner[inner // self.inner_per_shard == shard].tolist()))
-            ranges = [(int(index[c % self.inner_per_shard, 0]),
-                       int(index[c % self.inner_per_shard].sum())) for c in wanted]
-            stored = [r for r in ranges if r[0] != _EMPTY]
-            blobs = iter(self.fetch(key, stored) if stored else [])
-            for c, r in zip(wanted, ranges):
-                block = self._decode(next(blobs), key, c) if r[0] != _EMPTY else None
-                rows = np.nonzero(inner == c)[0]
-                if block is None:
+            entries = [(c, *index[c % self.inner_per_shard]) if index is not None else (c, _EMPTY, 0)
+                       for c in chunks]
+            ranges = [(o, o + n) for _, o, n in entries if o != _EMPTY]
+            blobs = iter(self.fetch(key, ranges) if ranges else [])
+            for chunk, offset, _ in entries:
+                rows = rows_of[chunk]
+                if offset == _EMPTY:  # never written: the fill value
                     out[rows] = np.nan
-                else:
-                    out[rows] = block[states[rows] - c * self.inner_states]
+                    continue
+                block = self._decode(next(blobs), key, chunk)
+                first = chunk * self.inner_states
+                for row in rows:
+                    out[row] = block[states[row] - first]
         return out
 
-    def _shard_index(self, traj: int, shard: int, key: str) -> np.ndarray | None:
+    def _shard_index(self, traj: int, shard: int, key: str) -> list[tuple[int, int]] | None:
+        """The shard's (offset, length) of each inner chunk, or None for a shard never written."""
         index = self._index.get((traj, shard))
         if index is None:
             size = self.inner_per_shard * 16 + 4
@@ -100,8 +104,8 @@ class ShardReader:
                 return None  # not cached: it may be written later
             if len(raw) != size or not _crc_ok(raw):
                 raise ChunkChecksumError(f'{key}: shard index does not match its CRC32C')
-            index = np.frombuffer(raw[:-4], '<u8').reshape(self.inner_per_shard, 2)
-            self._index[(traj, shard)] = index
+            pairs = np.frombuffer(raw[:-4], '<u8').reshape(self.inner_per_shard, 2).tolist()
+            index = self._index[(traj, shard)] = [tuple(p) for p in pairs]
         return index
 
     def _decode(self, data: bytes, key: str, chunk: int) -> np.ndarray:
