@@ -5,7 +5,7 @@
     migrate SRC DST                                          rewrite a store in the current layout (resumable)
     info STORE                                               a table per task
     verify STORE                                             shapes, completeness, NaN/Inf, checksums
-    stream STORE [--batches N]                               read training windows (e.g. from hf://)
+    stream STORE [--batches N]                               read training windows (hf://, hf-published://, ...)
     push STORE --repo OWNER/NAME [--path-in-repo DIR]        verify, then upload a store to a hub dataset repo
 """
 
@@ -111,16 +111,6 @@ def main(argv: list[str] | None = None) -> int:
             from .publish import push
             print(push(args.store, args.repo, args.path_in_repo))
             return 0
-        store = TrajectoryStore(args.store, {'cache_dir': args.cache_dir} if args.cache_dir else None, mode='r')
-        if args.command == 'info':
-            print(info_table(store))
-            return 0
-        if args.command == 'verify':
-            checked, problems = verify_store(store, progress=True)
-            for problem in problems:
-                print(f'BAD {problem}')
-            print(f'{checked} trajectories checked, {len(problems)} problem(s)')
-            return 1 if problems else 0
         if args.command == 'stream':
             from .loader import WindowConfig, WindowStream
             stream = WindowStream(args.store, WindowConfig(step=args.step),
@@ -135,6 +125,16 @@ def main(argv: list[str] | None = None) -> int:
                 for problem in batch.skipped:
                     print(f'  skipped a damaged read: {problem}')
             return 0
+        store = TrajectoryStore(args.store, {'cache_dir': args.cache_dir} if args.cache_dir else None, mode='r')
+        if args.command == 'info':
+            print(info_table(store))
+            return 0
+        if args.command == 'verify':
+            checked, problems = verify_store(store, progress=True)
+            for problem in problems:
+                print(f'BAD {problem}')
+            print(f'{checked} trajectories checked, {len(problems)} problem(s)')
+            return 1 if problems else 0
     except (StoreError, ValueError, OSError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ input states only (float64, in numpy, so the statistics do not depend on torch's
 then one scaled slice per window scattered into the edge features. The static parts of each
 task's graph (edge index, types, slot maps, LPE) are built once per process.
 
+The store is a trajectory store or the published files read in place (`pipeline.published_stream`).
 Batch b is drawn from a generator seeded by (seed, b) alone, so the stream is the same for any
 number of DataLoader workers and can resume at any position. Only trajectories the manifest
 marks `done` are read (unless `only_done=False`); a read that meets a damaged chunk is skipped,
@@ -40,7 +41,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from nino.graph import NeuralGraph, build_graph, laplacian_pe
 from nino.scaling import EPS
 
-from .store import DamagedChunkError, TaskGroup, TrajectoryStore
+from .published_stream import open_store
+from .store import DamagedChunkError, TaskGroup
 
 #: Consecutive damaged reads after which a batch gives up (the store is then mostly unreadable).
 MAX_SKIPPED_READS = 64
@@ -167,7 +169,7 @@ class WindowStream(IterableDataset):
         self.config = config
         self.seed = seed
         self.start = start
-        store = TrajectoryStore(store_url, storage_options, mode='r')
+        store = open_store(store_url, storage_options)
         self.task_names = list(tasks) if tasks else store.task_names()
         done = store.manifest().done() if only_done else None
         groups = {name: store.group(name) for name in self.task_names}
@@ -200,7 +202,7 @@ class WindowStream(IterableDataset):
     def _open(self) -> dict[str, _Task]:
         """Per-process state: store handle, neural graphs, their LPE and slot maps."""
         if self._tasks is None:
-            store = TrajectoryStore(self.store_url, self.storage_options, mode='r')
+            store = open_store(self.store_url, self.storage_options)
             self._tasks = {name: self._task(store.group(name)) for name in self.task_names}
         return self._tasks
 

@@ -16,6 +16,7 @@ import json
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -31,9 +32,15 @@ class Repo:
     commits: list[str] = field(default_factory=lambda: ['0' * 40])
     branches: set[str] = field(default_factory=lambda: {'main'})  # names that resolve to the last commit
 
+    _oids: dict[tuple[str, int, bool], str] = field(default_factory=dict)  # (path, id(data), lfs) -> oid
+
     def oid(self, path: str) -> str:
+        """The file's LFS sha256 or git blob sha1 (computed once per content: files are large)."""
         data = self.files[path]
-        return hashlib.sha256(data).hexdigest() if path in self.lfs else git_blob_sha1(data)
+        key = (path, id(data), path in self.lfs)
+        if key not in self._oids:
+            self._oids[key] = hashlib.sha256(data).hexdigest() if path in self.lfs else git_blob_sha1(data)
+        return self._oids[key]
 
 
 class FakeHub:
@@ -47,6 +54,7 @@ class FakeHub:
         # Faults for the next file GETs, in order: N drops the connection after N bytes, 'error' answers 503.
         self.get_faults: list[int | str] = []
         self.ranges: list[str] = []  # the Range header of every file GET ('' when absent)
+        self.latency = 0.0  # seconds added before every resolve answer (a simulated round trip)
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(('127.0.0.1', 0), _handler(self))
         self.endpoint = f'http://127.0.0.1:{self.server.server_address[1]}'
@@ -180,6 +188,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
         def resolve(self, head: bool) -> None:
             hub.requests.append(('HEAD' if head else 'GET', self.path))
+            time.sleep(hub.latency)
             if m := re.fullmatch(rf'/api/{_REPO}/revision/main', self.path.split('?')[0]):
                 if m['repo'] not in hub.repos:
                     return self.error(404, 'RepoNotFound', 'Repository not found', head)
