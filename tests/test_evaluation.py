@@ -179,7 +179,10 @@ def test_a_failed_evaluation_run_reports_its_cause_in_one_line(tmp_path, monkeyp
         return loaded
 
     monkeypatch.setattr(job, 'load_eval_config', then_remove)
-    code = job.main(['--config', str(config), '--out', str(tmp_path / 'out'), '--no-baselines'])
+    try:
+        code = job.main(['--config', str(config), '--out', str(tmp_path / 'out'), '--no-baselines'])
+    finally:
+        job.ray.shutdown()  # the job started a local cluster in this process
     err = capsys.readouterr().err
     assert code == 1 and 'Traceback' not in err and '\x1b[' not in err, err
     last = err.strip().splitlines()[-1]  # above it: Ray's start-up warning and the progress bar
