@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 from numcodecs import blosc
 
 _EMPTY = 2 ** 64 - 1
+MAX_OPEN_FILES = 64  # shard files a local reader keeps open
 
 
 class ChunkChecksumError(ValueError):
@@ -119,14 +121,18 @@ class ShardReader:
         return bits.view(np.float16)
 
 
-def local_reader(folder: Path) -> ShardReader:
-    """A reader for a params array folder on local disk (file handles kept open per shard)."""
-    handles: dict[str, int] = {}
+def local_reader(folder: Path, max_open: int = MAX_OPEN_FILES) -> ShardReader:
+    """A reader for a params array folder on local disk; the `max_open` most recently read shard files stay
+    open (the published dataset converted is thousands of shards, more than a process may open)."""
+    handles: OrderedDict[str, int] = OrderedDict()
 
     def fetch(key: str, ranges: list[tuple[int, int | None]]) -> list[bytes]:
-        fd = handles.get(key)
+        fd = handles.pop(key, None)
         if fd is None:
-            fd = handles[key] = os.open(folder / key, os.O_RDONLY)
+            fd = os.open(folder / key, os.O_RDONLY)
+            while len(handles) >= max_open:
+                os.close(handles.popitem(last=False)[1])
+        handles[key] = fd  # most recent last
         out = []
         for start, stop in ranges:
             if start < 0:

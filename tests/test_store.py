@@ -171,3 +171,16 @@ def test_a_garbage_manifest_is_named(tmp_path):
     (tmp_path / 's' / 'manifest.parquet').write_bytes(b'')
     with pytest.raises(ManifestError, match=r'manifest.parquet: not a readable manifest'):
         store.manifest()
+
+
+def test_the_local_reader_keeps_a_bounded_number_of_files_open(tmp_path, monkeypatch):
+    import psutil
+
+    from pipeline.shards import local_reader
+    monkeypatch.setattr('pipeline.store.SHARD_BYTES', 4 * 630 * 2)  # 4 states per shard: 26 shard files
+    store, x = _write(tmp_path, 2)
+    reader = local_reader(tmp_path / 's' / 'toy' / 'params', max_open=5)
+    before = len(psutil.Process().open_files())
+    states = np.arange(0, 101, 3)
+    assert np.array_equal(reader.read(1, states).view(np.uint16), x[states].view(np.uint16))
+    assert len(psutil.Process().open_files()) - before <= 5
