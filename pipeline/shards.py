@@ -26,6 +26,8 @@ import google_crc32c
 import numpy as np
 from numcodecs import blosc
 
+from .codecs import undo_delta
+
 _EMPTY = 2 ** 64 - 1
 MAX_OPEN_FILES = 64  # shard files a local reader keeps open
 
@@ -115,9 +117,8 @@ class ShardReader:
             raise ChunkChecksumError(f'{key}: inner chunk {chunk % self.inner_per_shard} does not match its CRC32C')
         bits = np.empty((self.inner_states, self.n_params), '<u2')
         blosc.decompress(memoryview(data)[:-4], bits)
-        if self.delta:  # undo the delta in place, one vectorised add per state
-            for i in range(1, self.inner_states):
-                np.add(bits[i - 1], bits[i], out=bits[i])
+        if self.delta:
+            undo_delta(bits, 0)
         return bits.view(np.float16)
 
 
