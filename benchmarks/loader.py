@@ -20,7 +20,7 @@ from pathlib import Path
 from common import RUNS, SHAPES, published_files, published_store
 
 from pipeline.loader import WindowConfig, WindowStream, window_loader
-from pipeline.published import published_task
+from pipeline.published import REPO_ID, REVISION, published_task
 from pipeline.store import TrajectoryStore
 
 CONFIGS = {'fm-16': WindowConfig(step=200), 'lm1b-3-24': WindowConfig(step=200, wte_size=1000)}
@@ -54,15 +54,18 @@ def stored_mb_per_window(store: Path, task: str, cfg: WindowConfig) -> float:
 def reference_loader(checkout: Path, task: str, cfg: WindowConfig, workers: int):
     """The reference's DataLoader over the published-layout files, as its training builds it."""
     import torch
-    from reference import full_metrics_file, hub_cache, import_reference, reference_dataset
+    from reference import full_metrics_file, import_reference, reference_dataset
+
+    from tests.fake_hub import fake_hub_cache
     ref = import_reference(checkout)
     folder = published_files()
     spec = published_task(task).with_shape(*SHAPES[task])
     per_part = spec.n_traj // spec.parts
     files = {name: (folder / name, per_part, spec.n_states) for name in spec.part_files()}
     metrics = full_metrics_file(RUNS / 'bench-published' / f'full-{spec.metrics_file}', task, len(spec.metrics))
-    cache = hub_cache(RUNS / 'bench-reference-cache', {**{n: p for n, (p, _, _) in files.items()},
-                                                       spec.metrics_file: metrics})
+    cache = RUNS / 'bench-reference-cache'
+    fake_hub_cache(cache, REPO_ID, REVISION, {**{n: p for n, (p, _, _) in files.items()}, spec.metrics_file: metrics},
+                   link=True)
     dset = reference_dataset(ref, cache, task, files, ctx=cfg.ctx, step=cfg.step, seq_len=cfg.seq_len,
                              wte_size=cfg.wte_size, samples_per_traj=cfg.samples_per_traj)
     torch.manual_seed(0)

@@ -8,7 +8,8 @@ importable and runnable offline on a subset of the published files:
   `GPT2Config` defaults (vocabulary 50,257, 1,024 positions: the published layout);
 - it opens the published files with their full shapes (300 x 2,688 states for fm-16), so each
   file's memmap shape is set to the trajectories actually present before the first read.
-Files reach it through a hub cache folder laid out as `huggingface_hub` reads it offline.
+Files reach it through a hub cache folder laid out as `huggingface_hub` reads it offline
+(`tests.fake_hub.fake_hub_cache`, linking the files).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ID, REVISION = 'SamsungSAILMontreal/nino_metatrain', 'mmap'
 #: The reference's hard-coded (n_traj, n_states) per task.
 FULL_SHAPES = {'fm-16': (300, 2688), 'lm1b-3-24': (200, 124)}
 
@@ -42,20 +42,6 @@ def import_reference(checkout: Path) -> dict[str, object]:
     from dataset.dataset import SGDDataset, collate_graphs_fn
     from optim import NiNoModel
     return dict(SGDDataset=SGDDataset, collate=collate_graphs_fn, NiNoModel=NiNoModel)
-
-
-def hub_cache(cache: Path, files: dict[str, Path]) -> Path:
-    """A hub cache holding `files` (linked, not copied) under the published repository and revision."""
-    repo = cache / f"datasets--{REPO_ID.replace('/', '--')}"
-    commit = 'b' * 40
-    (repo / 'refs').mkdir(parents=True, exist_ok=True)
-    (repo / 'refs' / REVISION).write_text(commit)
-    for name, src in files.items():
-        dest = repo / 'snapshots' / commit / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if not dest.exists():
-            dest.symlink_to(Path(src).resolve())
-    return cache
 
 
 def full_metrics_file(path: Path, task: str, n_metrics: int) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -103,20 +102,6 @@ def write_published(folder: Path, name: str, n_traj: int, n_states: int, seed: i
     metrics.tofile(folder / task.metrics_file)
     arrays[task.metrics_file] = metrics
     return arrays
-
-
-def fake_hub_cache(cache: Path, repo_id: str, revision: str, files: dict[str, Path],
-                   repo_type: str = 'dataset') -> Path:
-    """The hub cache layout huggingface_hub reads offline: refs/<revision> -> snapshots/<commit>/<files>."""
-    repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
-    commit = 'a' * 40
-    (repo / 'refs').mkdir(parents=True, exist_ok=True)
-    (repo / 'refs' / revision).write_text(commit)
-    for name, src in files.items():
-        dest = repo / 'snapshots' / commit / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
-    return repo / 'snapshots' / commit
 
 
 @pytest.fixture(scope='session')

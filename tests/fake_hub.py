@@ -14,11 +14,13 @@ import base64
 import hashlib
 import json
 import re
+import shutil
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -235,3 +237,22 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.connection.shutdown(socket.SHUT_RDWR)
 
     return Handler
+
+
+def fake_hub_cache(cache: Path, repo_id: str, revision: str, files: dict[str, Path],
+                   repo_type: str = 'dataset', link: bool = False) -> Path:
+    """The hub cache layout huggingface_hub reads offline: refs/<revision> -> snapshots/<commit>/<files>
+    (copies, or symbolic links with `link` for files too large to copy)."""
+    repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    commit = 'a' * 40
+    (repo / 'refs').mkdir(parents=True, exist_ok=True)
+    (repo / 'refs' / revision).write_text(commit)
+    for name, src in files.items():
+        dest = repo / 'snapshots' / commit / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if link:
+            if not dest.exists():
+                dest.symlink_to(Path(src).resolve())
+        else:
+            shutil.copyfile(src, dest)
+    return repo / 'snapshots' / commit

@@ -14,7 +14,8 @@ import torch
 from pipeline.data import ChecksumError, download_dataset, download_file, load_dataset, read_idx
 from pipeline.data.cifar import load_cifar
 from pipeline.data.download import SOURCES
-from tests.conftest import SHARED, TEXT, fake_hub_cache
+from tests.conftest import SHARED, TEXT
+from tests.fake_hub import fake_hub_cache
 
 
 def _write_idx(path, array: np.ndarray, gz: bool = False) -> None:

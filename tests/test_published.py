@@ -22,7 +22,8 @@ from pipeline.loader import WindowConfig, WindowStream
 from pipeline.published import REPO_ID, REVISION, published_task
 from pipeline.store import TrajectoryStore
 from pipeline.verify import verify_store
-from tests.conftest import fake_hub_cache, windows_of, write_published
+from tests.conftest import windows_of, write_published
+from tests.fake_hub import fake_hub_cache
 
 ray = pytest.importorskip('ray')
 ROOT = Path(__file__).resolve().parents[1]
