@@ -135,7 +135,12 @@ def _move(value, device):
 
 @dataclass
 class _Task:
-    """Per-process state of one task: its store group, graph and the graph's static tensors."""
+    """Per-process state of one task: its store group, graph and the static tensors of one read.
+
+    A read is `samples_per_traj` windows of the same graph, so the static parts of a read (edge
+    index with each window's node offset, edge types, target slots with each window's edge offset,
+    feature values of slots that hold no parameter) are built once here.
+    """
 
     group: TaskGroup
     trajectories: list[int]
@@ -148,7 +153,11 @@ class _Task:
     layer_of: Tensor  # (P,) scaling layer of each parameter
     layer_sizes: np.ndarray
     slot_of_param: Tensor  # (P,) flat slot of each parameter in (E * max_feat_size)
-    aux_feats: Tensor  # (E * max_feat_size,) feature values of slots that hold no parameter
+    src_of_slot: Tensor  # (S * E * max_feat_size,) row of `scratch` each edge feature slot of a read copies
+    scratch: Tensor  # (S * P + E * max_feat_size, ctx): the read's scaled inputs, then every slot's fixed value
+    read_edge_index: Tensor  # (2, S * E) the read's windows' edges, node indices offset per window
+    read_edge_type: Tensor  # (S * E,)
+    read_y_slot: Tensor  # (S, P) flat slot of each parameter, edge slots offset per window
 
 
 class WindowStream(IterableDataset):
@@ -232,11 +241,22 @@ class WindowStream(IterableDataset):
         slot_of_param = torch.empty(graph.num_params, dtype=torch.long)
         slot_of_param[flat[slots]] = slots
         aux = graph.edge_features(torch.zeros(graph.num_params, 1)).view(graph.num_edges, graph.max_feat_size)
-        aux_feats = torch.nn.functional.pad(aux, (0, c.max_feat_size - graph.max_feat_size)).reshape(-1)
+        aux_feats = torch.nn.functional.pad(aux, (0, c.max_feat_size - graph.max_feat_size)).reshape(-1, 1)
+        shifts, slots_per_window = c.samples_per_traj, graph.num_edges * c.max_feat_size
+        scaled_rows = shifts * graph.num_params
+        scratch = torch.empty(scaled_rows + slots_per_window, c.ctx)
+        scratch[scaled_rows:] = aux_feats
+        src_of_slot = torch.arange(slots_per_window) + scaled_rows  # slots without a parameter: their fixed value
+        src_of_slot = src_of_slot.repeat(shifts, 1)
+        for shift in range(shifts):
+            src_of_slot[shift, slot_of_param] = torch.arange(graph.num_params) + shift * graph.num_params
+        node_offsets = torch.arange(shifts).repeat_interleave(graph.num_edges) * graph.num_nodes
         return _Task(group, self.trajectories[name], graph, lpe, stride, max_start, wte_rows,
                      np.cumsum([0] + sizes[:-1]), torch.repeat_interleave(torch.arange(len(sizes)),
                                                                           torch.tensor(sizes)),
-                     np.array(sizes), slot_of_param, aux_feats)
+                     np.array(sizes), slot_of_param, src_of_slot.flatten(), scratch,
+                     graph.edge_index.repeat(1, shifts) + node_offsets, graph.edge_type.repeat(shifts),
+                     slot_of_param + torch.arange(shifts).unsqueeze(1) * slots_per_window)
 
     def batch(self, index: int) -> WindowBatch:
         """Batch number `index` of the stream (the same on every call and in every process)."""
@@ -277,60 +297,58 @@ class WindowStream(IterableDataset):
 
     def _assemble(self, reads: list[dict], tasks: dict[str, _Task], skipped: list[str]) -> WindowBatch:
         c = self.config
-        shifts = c.samples_per_traj
-        feat = c.max_feat_size
-        n_nodes = [r['task'].graph.num_nodes for r in reads for _ in range(shifts)]
-        n_edges = [r['task'].graph.num_edges for r in reads for _ in range(shifts)]
-        n_params = [r['task'].graph.num_params for r in reads for _ in range(shifts)]
-        node_ptr, edge_ptr, y_ptr = (torch.tensor(np.cumsum([0] + n)) for n in (n_nodes, n_edges, n_params))
+        shifts, feat, n_in = c.samples_per_traj, c.max_feat_size, c.ctx + c.samples_per_traj - 1
+        graphs = [r['task'].graph for r in reads]
+        sizes = np.array([(g.num_nodes, g.num_edges, g.num_params) for g in graphs])  # (reads, 3)
+        per_read = np.concatenate([np.zeros((1, 3), np.int64), np.cumsum(sizes * shifts, 0)])  # read offsets
+        node_ptr, edge_ptr, y_ptr = (torch.from_numpy(np.concatenate([[0], np.cumsum(np.repeat(sizes[:, k], shifts))]))
+                                     for k in range(3))
         edges, params = int(edge_ptr[-1]), int(y_ptr[-1])
-        columns = c.ctx + c.seq_len + shifts - 1
-        read_rows = np.cumsum([0] + [r['task'].graph.num_params for r in reads])
-        states = torch.empty(int(read_rows[-1]), columns, dtype=torch.float16)
+        read_rows = np.cumsum([0] + [g.num_params for g in graphs])
+        states = torch.empty(int(read_rows[-1]), c.ctx + c.seq_len + shifts - 1, dtype=torch.float16)
         edge_attr = torch.empty(edges * feat, c.ctx)
         y_mean, y_std = torch.empty(params), torch.empty(params)
         y_slot = torch.empty(params, dtype=torch.long)
-        y_len = torch.empty(len(n_nodes), dtype=torch.long)
-        y_src = torch.empty(len(n_nodes), 2, dtype=torch.long)
-        edge_index, edge_type, pos, pos_w, window = [], [], [], [], []
-        w = 0
+        edge_index, edge_type, pos, pos_w, window, y_len, y_src = [], [], [], [], [], [], []
         for i, r in enumerate(reads):
             task: _Task = r['task']
             graph = task.graph
+            n_states = r['states'].shape[0]
             raw = torch.from_numpy(r['states'])  # (T, P) float16
             block = states[read_rows[i]:read_rows[i + 1]]
-            block[:, :raw.shape[0]] = raw.T
-            block[:, raw.shape[0]:] = 0  # past the trajectory's end: padding
-            inputs = block[:, :c.ctx + shifts - 1].float()
-            mean, std = _window_stats(r['states'][:c.ctx + shifts - 1], task, c.ctx, shifts)
+            block[:, :n_states].view(torch.int16).copy_(raw.view(torch.int16).T)  # as integers: ~1.4x faster
+            block[:, n_states:] = 0  # past the trajectory's end: padding
+            mean, std = _window_stats(r['states'][:n_in], task, c.ctx, shifts)  # (S, L) each
+            q = slice(int(per_read[i, 2]), int(per_read[i + 1, 2]))
+            m = torch.index_select(torch.from_numpy(mean).float(), 1, task.layer_of,
+                                   out=y_mean[q].view(shifts, graph.num_params))
+            d = torch.index_select(torch.from_numpy(std).float() + EPS, 1, task.layer_of,
+                                   out=y_std[q].view(shifts, graph.num_params))
+            windows = raw[:n_in].float().unfold(0, c.ctx, 1)  # (S, P, ctx): window s is inputs s..s+ctx-1
+            scaled = task.scratch[:shifts * graph.num_params].view(shifts, graph.num_params, c.ctx)
+            torch.sub(windows, m.unsqueeze(2), out=scaled).div_(d.unsqueeze(2))
+            e0 = int(per_read[i, 1]) * feat
+            torch.index_select(task.scratch, 0, task.src_of_slot, out=edge_attr[e0:int(per_read[i + 1, 1]) * feat])
+            torch.add(task.read_y_slot, e0, out=y_slot[q].view(shifts, graph.num_params))
+            edge_index.append(task.read_edge_index + int(per_read[i, 0]))
+            edge_type.append(task.read_edge_type)
             lpe = None if task.lpe is None else task.lpe * r['signs']
+            pos.append(None if lpe is None else lpe.repeat(shifts, 1))
             node_pos_w = graph.pos_w
             if r['rows'] is not None:
                 node_pos_w = node_pos_w.clone()
                 node_pos_w[:len(r['rows'])] = r['rows'] + 1
+            pos_w.append(node_pos_w.repeat(shifts))
             for shift in range(shifts):
-                e0, e1, q0, q1 = int(edge_ptr[w]) * feat, int(edge_ptr[w + 1]) * feat, int(y_ptr[w]), int(y_ptr[w + 1])
-                m = torch.index_select(torch.from_numpy(mean[shift]).float(), 0, task.layer_of, out=y_mean[q0:q1])
-                d = torch.index_select(torch.from_numpy(std[shift]).float() + EPS, 0, task.layer_of,
-                                       out=y_std[q0:q1])
-                attr = edge_attr[e0:e1]
-                attr.copy_(task.aux_feats.unsqueeze(1).expand(-1, c.ctx))
-                attr[task.slot_of_param] = (inputs[:, shift:shift + c.ctx] - m.unsqueeze(1)) / d.unsqueeze(1)
-                torch.add(task.slot_of_param, e0, out=y_slot[q0:q1])
-                y_len[w] = min(c.seq_len, raw.shape[0] - c.ctx - shift)
-                y_src[w, 0], y_src[w, 1] = int(read_rows[i]), shift + c.ctx
-                edge_index.append(graph.edge_index + int(node_ptr[w]))
-                edge_type.append(graph.edge_type)
-                pos.append(lpe)
-                pos_w.append(node_pos_w)
+                y_len.append(min(c.seq_len, n_states - c.ctx - shift))
+                y_src.append((int(read_rows[i]), shift + c.ctx))
                 window.append((r['task_index'], r['traj'], r['start'], shift))
-                w += 1
         return WindowBatch(edge_attr=edge_attr.view(edges, feat * c.ctx), edge_type=torch.cat(edge_type),
                            edge_index=torch.cat(edge_index, dim=1),
                            pos=None if any(p is None for p in pos) else torch.cat(pos), pos_w=torch.cat(pos_w),
-                           states=states, y_src=y_src, y_mean=y_mean, y_std=y_std, y_slot=y_slot, y_len=y_len,
-                           window=torch.tensor(window), node_ptr=node_ptr, edge_ptr=edge_ptr, y_ptr=y_ptr,
-                           seq_len=c.seq_len, skipped=skipped)
+                           states=states, y_src=torch.tensor(y_src), y_mean=y_mean, y_std=y_std, y_slot=y_slot,
+                           y_len=torch.tensor(y_len), window=torch.tensor(window), node_ptr=node_ptr,
+                           edge_ptr=edge_ptr, y_ptr=y_ptr, seq_len=c.seq_len, skipped=skipped)
 
     def __iter__(self) -> Iterator[WindowBatch]:
         info = get_worker_info()

@@ -72,7 +72,7 @@ class ShardReader:
     def read(self, traj: int, states: np.ndarray) -> np.ndarray:
         """(len(states), n_params) float16; states never written read as NaN."""
         states = [int(s) for s in states]
-        out = np.empty((len(states), self.n_params), np.float16)
+        out = np.empty((len(states), self.n_params), '<u2')
         rows_of: dict[int, list[int]] = {}  # inner chunk -> rows of `out` it fills
         for row, state in enumerate(states):
             rows_of.setdefault(state // self.inner_states, []).append(row)
@@ -89,13 +89,20 @@ class ShardReader:
             for chunk, offset, _ in entries:
                 rows = rows_of[chunk]
                 if offset == _EMPTY:  # never written: the fill value
-                    out[rows] = np.nan
+                    out[rows] = np.float16(np.nan).view('<u2')
                     continue
                 block = self._decode(next(blobs), key, chunk)
-                first = chunk * self.inner_states
-                for row in rows:
-                    out[row] = block[states[row] - first]
-        return out
+                used = [states[row] - chunk * self.inner_states for row in rows]  # positions in the chunk
+                last = max(used)
+                if self.delta and last and len(rows) == 1:  # one state: its last delta add writes the output
+                    undo_delta(block[:last], 0)
+                    np.add(block[last - 1], block[last], out=out[rows[0]])
+                    continue
+                if self.delta:
+                    undo_delta(block[:last + 1], 0)
+                for row, k in zip(rows, used):
+                    out[row] = block[k]
+        return out.view(np.float16)
 
     def _shard_index(self, traj: int, shard: int, key: str) -> list[tuple[int, int]] | None:
         """The shard's (offset, length) of each inner chunk, or None for a shard never written."""
@@ -113,13 +120,13 @@ class ShardReader:
         return index
 
     def _decode(self, data: bytes, key: str, chunk: int) -> np.ndarray:
+        """The chunk's states as float16 bit patterns, still delta-coded (callers undo the delta
+        along the states they use)."""
         if not _crc_ok(data):
             raise ChunkChecksumError(f'{key}: inner chunk {chunk % self.inner_per_shard} does not match its CRC32C')
         bits = np.empty((self.inner_states, self.n_params), '<u2')
         blosc.decompress(memoryview(data)[:-4], bits)
-        if self.delta:
-            undo_delta(bits, 0)
-        return bits.view(np.float16)
+        return bits
 
 
 def local_reader(folder: Path, max_open: int = MAX_OPEN_FILES) -> ShardReader:
