@@ -14,6 +14,7 @@ same process first, and the ratio column divides by its rate at the same worker 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
@@ -26,14 +27,18 @@ from pipeline.store import TrajectoryStore
 CONFIGS = {'fm-16': WindowConfig(step=200), 'lm1b-3-24': WindowConfig(step=200, wte_size=1000)}
 
 
-def rate(batches, count: int, windows_per_batch: int) -> float:
-    """Windows per second over `count` batches, after one batch of start-up."""
+def rate(batches, count: int, windows_per_batch: int, rounds: int = 3) -> float:
+    """Windows per second: the median of `rounds` runs of `count` batches, after one batch of start-up
+    (the machine is shared: a median of a few runs is steadier than one)."""
     it = iter(batches)
     next(it)
-    start = time.perf_counter()
-    for _ in range(count):
-        next(it)
-    return count * windows_per_batch / (time.perf_counter() - start)
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(count):
+            next(it)
+        rates.append(count * windows_per_batch / (time.perf_counter() - start))
+    return statistics.median(rates)
 
 
 def stored_mb_per_window(store: Path, task: str, cfg: WindowConfig) -> float:

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from nino.graph import NeuralGraph, build_graph, laplacian_pe
 from nino.scaling import EPS
 
+from .arenas import ArenaPool
 from .published_stream import open_store
 from .store import DamagedChunkError, TaskGroup
 
@@ -190,6 +191,7 @@ class WindowStream(IterableDataset):
             allowed = set(self.trajectories[name])
             self.trajectories[name] = [i for i in indices if i in allowed]
         self._tasks: dict[str, _Task] | None = None
+        self._arenas: ArenaPool | None = None  # set in DataLoader workers
         for group in groups.values():  # validate on the driver: fail before any worker starts
             self._check_task(group, only_done)
 
@@ -301,62 +303,73 @@ class WindowStream(IterableDataset):
         graphs = [r['task'].graph for r in reads]
         sizes = np.array([(g.num_nodes, g.num_edges, g.num_params) for g in graphs])  # (reads, 3)
         per_read = np.concatenate([np.zeros((1, 3), np.int64), np.cumsum(sizes * shifts, 0)])  # read offsets
-        node_ptr, edge_ptr, y_ptr = (torch.from_numpy(np.concatenate([[0], np.cumsum(np.repeat(sizes[:, k], shifts))]))
-                                     for k in range(3))
-        edges, params = int(edge_ptr[-1]), int(y_ptr[-1])
+        nodes, edges, params = (int(n) for n in per_read[-1])
         read_rows = np.cumsum([0] + [g.num_params for g in graphs])
-        states = torch.empty(int(read_rows[-1]), c.ctx + c.seq_len + shifts - 1, dtype=torch.float16)
-        edge_attr = torch.empty(edges * feat, c.ctx)
-        y_mean, y_std = torch.empty(params), torch.empty(params)
-        y_slot = torch.empty(params, dtype=torch.long)
-        edge_index, edge_type, pos, pos_w, window, y_len, y_src = [], [], [], [], [], [], []
+        windows = len(reads) * shifts
+        long, f32 = torch.long, torch.float32
+        specs = {'states': ((int(read_rows[-1]), c.ctx + c.seq_len + shifts - 1), torch.float16),
+                 'edge_attr': ((edges, feat * c.ctx), f32), 'edge_type': ((edges,), graphs[0].edge_type.dtype),
+                 'edge_index': ((2, edges), long), 'pos': ((nodes, c.lpe) if c.lpe else (0,), f32),
+                 'pos_w': ((nodes,), long), 'y_mean': ((params,), f32), 'y_std': ((params,), f32),
+                 'y_slot': ((params,), long), 'y_src': ((windows, 2), long), 'y_len': ((windows,), long),
+                 'window': ((windows, 4), long), 'node_ptr': ((windows + 1,), long),
+                 'edge_ptr': ((windows + 1,), long), 'y_ptr': ((windows + 1,), long)}
+        out = self._arenas.carve(specs) if self._arenas else _empty(specs)
+        for k, name in enumerate(('node_ptr', 'edge_ptr', 'y_ptr')):
+            out[name][0] = 0
+            torch.cumsum(torch.from_numpy(np.repeat(sizes[:, k], shifts)), 0, out=out[name][1:])
+        edge_attr = out['edge_attr'].view(-1, c.ctx)
+        y_len, y_src, window = [], [], []
         for i, r in enumerate(reads):
             task: _Task = r['task']
             graph = task.graph
             n_states = r['states'].shape[0]
             raw = torch.from_numpy(r['states'])  # (T, P) float16
-            block = states[read_rows[i]:read_rows[i + 1]]
+            block = out['states'][read_rows[i]:read_rows[i + 1]]
             block[:, :n_states].view(torch.int16).copy_(raw.view(torch.int16).T)  # as integers: ~1.4x faster
             block[:, n_states:] = 0  # past the trajectory's end: padding
             mean, std = _window_stats(r['states'][:n_in], task, c.ctx, shifts)  # (S, L) each
             q = slice(int(per_read[i, 2]), int(per_read[i + 1, 2]))
             m = torch.index_select(torch.from_numpy(mean).float(), 1, task.layer_of,
-                                   out=y_mean[q].view(shifts, graph.num_params))
+                                   out=out['y_mean'][q].view(shifts, graph.num_params))
             d = torch.index_select(torch.from_numpy(std).float() + EPS, 1, task.layer_of,
-                                   out=y_std[q].view(shifts, graph.num_params))
-            windows = raw[:n_in].float().unfold(0, c.ctx, 1)  # (S, P, ctx): window s is inputs s..s+ctx-1
+                                   out=out['y_std'][q].view(shifts, graph.num_params))
+            inputs = raw[:n_in].float().unfold(0, c.ctx, 1)  # (S, P, ctx): window s is inputs s..s+ctx-1
             scaled = task.scratch[:shifts * graph.num_params].view(shifts, graph.num_params, c.ctx)
-            torch.sub(windows, m.unsqueeze(2), out=scaled).div_(d.unsqueeze(2))
-            e0 = int(per_read[i, 1]) * feat
-            torch.index_select(task.scratch, 0, task.src_of_slot, out=edge_attr[e0:int(per_read[i + 1, 1]) * feat])
-            torch.add(task.read_y_slot, e0, out=y_slot[q].view(shifts, graph.num_params))
-            edge_index.append(task.read_edge_index + int(per_read[i, 0]))
-            edge_type.append(task.read_edge_type)
-            lpe = None if task.lpe is None else task.lpe * r['signs']
-            pos.append(None if lpe is None else lpe.repeat(shifts, 1))
-            node_pos_w = graph.pos_w
+            torch.sub(inputs, m.unsqueeze(2), out=scaled).div_(d.unsqueeze(2))
+            e0, e1 = int(per_read[i, 1]), int(per_read[i + 1, 1])
+            torch.index_select(task.scratch, 0, task.src_of_slot, out=edge_attr[e0 * feat:e1 * feat])
+            torch.add(task.read_y_slot, e0 * feat, out=out['y_slot'][q].view(shifts, graph.num_params))
+            torch.add(task.read_edge_index, int(per_read[i, 0]), out=out['edge_index'][:, e0:e1])
+            out['edge_type'][e0:e1] = task.read_edge_type
+            n0, n1 = int(per_read[i, 0]), int(per_read[i + 1, 0])
+            if task.lpe is not None:
+                out['pos'][n0:n1].view(shifts, -1, c.lpe)[:] = task.lpe * r['signs']
+            pos_w = out['pos_w'][n0:n1].view(shifts, -1)
+            pos_w[:] = graph.pos_w
             if r['rows'] is not None:
-                node_pos_w = node_pos_w.clone()
-                node_pos_w[:len(r['rows'])] = r['rows'] + 1
-            pos_w.append(node_pos_w.repeat(shifts))
+                pos_w[:, :len(r['rows'])] = r['rows'] + 1
             for shift in range(shifts):
                 y_len.append(min(c.seq_len, n_states - c.ctx - shift))
                 y_src.append((int(read_rows[i]), shift + c.ctx))
                 window.append((r['task_index'], r['traj'], r['start'], shift))
-        return WindowBatch(edge_attr=edge_attr.view(edges, feat * c.ctx), edge_type=torch.cat(edge_type),
-                           edge_index=torch.cat(edge_index, dim=1),
-                           pos=None if any(p is None for p in pos) else torch.cat(pos), pos_w=torch.cat(pos_w),
-                           states=states, y_src=torch.tensor(y_src), y_mean=y_mean, y_std=y_std, y_slot=y_slot,
-                           y_len=torch.tensor(y_len), window=torch.tensor(window), node_ptr=node_ptr,
-                           edge_ptr=edge_ptr, y_ptr=y_ptr, seq_len=c.seq_len, skipped=skipped)
+        out['y_len'][:], out['y_src'][:], out['window'][:] = torch.tensor(y_len), torch.tensor(y_src), \
+            torch.tensor(window)
+        pos = out.pop('pos')
+        return WindowBatch(**out, pos=pos if c.lpe else None, seq_len=c.seq_len, skipped=skipped)
 
     def __iter__(self) -> Iterator[WindowBatch]:
+        """Batches from `start` on; in a DataLoader worker, each built in a reusable shared-memory
+        arena (`pipeline.arenas`) so that handing it to the main process copies nothing."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rank, world = self.shard
         position = self.start + worker
+        if info is not None:
+            self._arenas = ArenaPool()
         while True:
-            yield self.batch(position * world + rank)
+            batch = self.batch(position * world + rank)
+            yield self._arenas.ship(batch) if self._arenas else batch
             position += workers
 
 
@@ -377,6 +390,10 @@ def _window_stats(states: np.ndarray, task: _Task, ctx: int, shifts: int) -> tup
         mean[shift] = total / n
         std[shift] = np.sqrt(np.maximum(squares - total * mean[shift], 0.0) / (n - 1))
     return mean, std
+
+
+def _empty(specs: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> dict[str, Tensor]:
+    return {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in specs.items()}
 
 
 def window_loader(stream: WindowStream, num_workers: int = 0) -> DataLoader:

@@ -152,6 +152,14 @@ def test_batches_are_identical_for_0_1_2_workers(small_store):
                 assert torch.equal(getattr(a, f), getattr(b, f)), (workers, f)
 
 
+def test_batches_a_consumer_holds_are_never_overwritten_by_a_worker(small_store):
+    stream = WindowStream(str(small_store), CFG, seed=4)
+    held = [b for _, b in zip(range(20), window_loader(stream, num_workers=1))]  # more than a worker's arenas
+    for i, b in enumerate(held):
+        expected = stream.batch(i)
+        assert torch.equal(b.edge_attr, expected.edge_attr) and torch.equal(b.states, expected.states), i
+
+
 def test_only_trajectories_marked_done_are_read(small_store, tmp_path):
     store_path = tmp_path / 'partial'
     shutil.copytree(small_store, store_path)

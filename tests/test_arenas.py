@@ -1,0 +1,63 @@
+"""Batches handed from DataLoader workers through reusable shared-memory arenas."""
+
+from __future__ import annotations
+
+import gc
+import io
+import pickle
+from dataclasses import dataclass
+from multiprocessing.reduction import ForkingPickler
+
+import torch
+
+from pipeline.arenas import ArenaPool
+
+
+@dataclass
+class Pair:
+    x: torch.Tensor
+    y: torch.Tensor
+    note: str
+
+
+def _handover(shipped) -> Pair:
+    """What the receiving process gets: the batch pickled as a worker's queue does, then unpickled."""
+    buffer = io.BytesIO()
+    ForkingPickler(buffer).dump(shipped)
+    return pickle.loads(buffer.getvalue())
+
+
+def _fill(pool: ArenaPool, value: float) -> Pair:
+    out = pool.carve({'x': ((3, 4), torch.float32), 'y': ((5,), torch.long)})
+    out['x'].fill_(value)
+    out['y'].copy_(torch.arange(5) * int(value))
+    return Pair(out['x'], out['y'], note=f'batch {value}')
+
+
+def test_a_held_batch_keeps_its_arena_and_a_released_one_is_reused(tmp_path):
+    pool = ArenaPool()
+    first = _handover(pool.ship(_fill(pool, 1.0)))
+    assert torch.equal(first.x, torch.ones(3, 4)) and torch.equal(first.y, torch.arange(5))
+    assert first.note == 'batch 1.0'
+    second = _handover(pool.ship(_fill(pool, 2.0)))  # the first is still held: a second arena
+    assert len(pool.arenas) == 2
+    assert torch.equal(first.x, torch.ones(3, 4)), 'a held batch was overwritten'
+    torch.save(first.__dict__, tmp_path / 'batch.pt')  # views of one arena save like any tensors
+    assert torch.equal(torch.load(tmp_path / 'batch.pt')['y'], torch.arange(5))
+    held_y = first.y
+    del first
+    gc.collect()
+    _handover(pool.ship(_fill(pool, 3.0)))  # first.y is still alive: its arena stays busy
+    assert len(pool.arenas) == 3 and torch.equal(held_y, torch.arange(5))
+    del held_y, second
+    gc.collect()
+    reused = _handover(pool.ship(_fill(pool, 4.0)))
+    assert len(pool.arenas) == 3 and torch.equal(reused.x, torch.full((3, 4), 4.0))
+
+
+def test_a_tensor_not_carved_from_the_arena_is_pickled_as_usual():
+    pool = ArenaPool()
+    batch = _fill(pool, 1.0)
+    batch.y = torch.tensor([7, 8])  # replaced after carving
+    got = _handover(pool.ship(batch))
+    assert torch.equal(got.y, torch.tensor([7, 8])) and torch.equal(got.x, torch.ones(3, 4))
