@@ -9,12 +9,13 @@ flipped at random (once per trajectory read) as augmentation. For GPT-2 tasks, `
 of the word embedding are sampled and each row's token index is kept as the node's `pos_w`.
 
 Targets stay in parameter space and unscaled until used: a batch carries each read's raw float16
-states once (not one scaled float32 copy per window) with each window's per-parameter scaling,
-and `WindowBatch.targets()` builds the (Q, seq_len) scaled targets of its Q parameters where the
-loss runs (on the training device). `y_slot` names the edge feature slot whose prediction each
-target row is compared with. That is exactly what the paper's edge-space targets and mask select
-(every parameter sits in one slot; padding slots and auxiliary edges hold none), in a batch
-about a third the size.
+states once (not one scaled float32 copy per window), time-major as they are read (a transpose
+costs the loader more than anything else it does; on the training device it is one cheap op),
+with each window's per-parameter scaling, and `WindowBatch.targets()` builds the (Q, seq_len)
+scaled targets of its Q parameters where the loss runs (on the training device). `y_slot` names
+the edge feature slot whose prediction each target row is compared with. That is exactly what the
+paper's edge-space targets and mask select (every parameter sits in one slot; padding slots and
+auxiliary edges hold none), in a batch about a third the size.
 
 Featurisation works per trajectory read, on all its windows at once: per-layer sums over the
 input states only (float64, in numpy, so the statistics do not depend on torch's thread count),
@@ -69,8 +70,8 @@ class WindowBatch:
     """Windows as one disconnected graph; targets in parameter space.
 
     Windows are laid out one after another: window w owns nodes `node_ptr[w]:node_ptr[w+1]`, edges
-    `edge_ptr[w]:edge_ptr[w+1]` and target rows `y_ptr[w]:y_ptr[w+1]`. Its targets are rows
-    `y_src[w, 0]` on of `states`, columns `y_src[w, 1]` on, scaled with `y_mean` and `y_std`.
+    `edge_ptr[w]:edge_ptr[w+1]` and target rows `y_ptr[w]:y_ptr[w+1]`. Its targets are parameter
+    columns `y_src[w, 0]` on of `states`, state rows `y_src[w, 1]` on, scaled with `y_mean` and `y_std`.
     """
 
     edge_attr: Tensor  # (E, max_feat_size * ctx) scaled input states, feature-slot major
@@ -78,8 +79,8 @@ class WindowBatch:
     edge_index: Tensor  # (2, E)
     pos: Tensor | None  # (N, lpe) Laplacian encoding, signs flipped per read
     pos_w: Tensor  # (N,) word-embedding row + 1 of each node (0: none)
-    states: Tensor  # (rows, columns) float16 raw states of every read, one row per parameter
-    y_src: Tensor  # (W, 2) first row and first column of each window's targets in `states`
+    states: Tensor  # (states, parameters) float16 raw states of every read: a column per parameter
+    y_src: Tensor  # (W, 2) first parameter column and first state row of each window's targets in `states`
     y_mean: Tensor  # (Q,) mean its window's inputs give each target parameter's layer
     y_std: Tensor  # (Q,) std + eps of the same
     y_slot: Tensor  # (Q,) index of each target row's slot in the flat (E * max_feat_size) predictions
@@ -108,9 +109,10 @@ class WindowBatch:
         full = bool((self.y_len == self.seq_len).all())
         y = (torch.empty if full else torch.zeros)(len(self.y_slot), self.seq_len, device=self.states.device)
         offset = self.y_mean if minus is None else torch.addcmul(self.y_mean, minus, self.y_std)
-        for (row, col), n, q0, q1 in zip(self.y_src.tolist(), self.y_len.tolist(), self.y_ptr[:-1].tolist(),
+        states = self.states.T.contiguous()  # (parameters, states): each window's targets are a block
+        for (col, row), n, q0, q1 in zip(self.y_src.tolist(), self.y_len.tolist(), self.y_ptr[:-1].tolist(),
                                          self.y_ptr[1:].tolist()):
-            raw = self.states[row:row + q1 - q0, col:col + n]
+            raw = states[col:col + q1 - q0, row:row + n]
             torch.sub(raw, offset[q0:q1, None], out=y[q0:q1, :n]).div_(self.y_std[q0:q1, None])
         return y
 
@@ -307,7 +309,7 @@ class WindowStream(IterableDataset):
         read_rows = np.cumsum([0] + [g.num_params for g in graphs])
         windows = len(reads) * shifts
         long, f32 = torch.long, torch.float32
-        specs = {'states': ((int(read_rows[-1]), c.ctx + c.seq_len + shifts - 1), torch.float16),
+        specs = {'states': ((c.ctx + c.seq_len + shifts - 1, int(read_rows[-1])), torch.float16),
                  'edge_attr': ((edges, feat * c.ctx), f32), 'edge_type': ((edges,), graphs[0].edge_type.dtype),
                  'edge_index': ((2, edges), long), 'pos': ((nodes, c.lpe) if c.lpe else (0,), f32),
                  'pos_w': ((nodes,), long), 'y_mean': ((params,), f32), 'y_std': ((params,), f32),
@@ -325,9 +327,9 @@ class WindowStream(IterableDataset):
             graph = task.graph
             n_states = r['states'].shape[0]
             raw = torch.from_numpy(r['states'])  # (T, P) float16
-            block = out['states'][read_rows[i]:read_rows[i + 1]]
-            block[:, :n_states].view(torch.int16).copy_(raw.view(torch.int16).T)  # as integers: ~1.4x faster
-            block[:, n_states:] = 0  # past the trajectory's end: padding
+            block = out['states'][:, read_rows[i]:read_rows[i + 1]]
+            block[:n_states] = raw
+            block[n_states:] = 0  # past the trajectory's end: padding
             mean, std = _window_stats(r['states'][:n_in], task, c.ctx, shifts)  # (S, L) each
             q = slice(int(per_read[i, 2]), int(per_read[i + 1, 2]))
             m = torch.index_select(torch.from_numpy(mean).float(), 1, task.layer_of,
