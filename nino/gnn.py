@@ -6,9 +6,19 @@ One `MessagePassingLayer` does, for nodes h (N, d) and edges e (E, d) with edge 
     h_i'   = silu(out(update([h_i, mean_j m_ji])))                (node update)
     e_ji'  = edge_out(silu(edge_in(e_ji) + src(h_j') + dst(h_i')))  (edge update)
 
-`W [h_i, h_j]` is computed as two per-node projections gathered per edge, which is the same
-linear map at a fraction of the cost (N << E). Work over edges runs in chunks when gradients
-are off, so inference memory stays bounded for million-parameter networks.
+The per-edge matrix products dominate the cost, so the layers are computed with fewer of them;
+the maps are the same, only the order of (exact-arithmetic) operations changes:
+- `W [h_i, h_j]` is two per-node projections gathered per edge (N << E).
+- Edge features are kept as an affine map of a tensor (`Edges`: e = x A^T + c) and only ever used
+  through another linear map, so the two maps compose into one small matrix before touching the
+  edges: `edge_out` is never applied on its own (it folds into the next layer's `modulation` and
+  `edge_in`, or into the head's first layer), and the first layer reads the raw edge inputs
+  (features and a one-hot of the edge type, 60 columns instead of 128).
+- Of the message, only `scale(e_ji) * b_j` needs a product per edge: the mean over j of
+  `scale(e_ji) * a_i + shift(e_ji)` is `a_i * scale(sum_j e_ji) + shift(sum_j e_ji)` (biases
+  counted per edge), computed on per-node sums of x.
+Work over edges runs in chunks when gradients are off, so inference memory stays bounded for
+million-parameter networks.
 """
 
 from __future__ import annotations
@@ -40,6 +50,46 @@ def map_edges(fn: Callable[[slice], Tensor], num_edges: int, chunk_size: int | N
     return out
 
 
+class Edges:
+    """Edge features as an affine map e = x A^T + c of a tensor x (E, n), never materialised."""
+
+    def __init__(self, x: Tensor, weight: Tensor, bias: Tensor, scratch: bool = False) -> None:
+        """`scratch`: x belongs to the forward pass and may be overwritten by chunked inference."""
+        self.x, self.weight, self.bias, self.scratch = x, weight, bias, scratch
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def compose(self, weight: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(W A, W c + b): the map x -> W e + b as one matrix and bias (float32, outside autocast)."""
+        with torch.autocast(self.x.device.type, enabled=False):
+            w = weight.float() @ self.weight.float()
+            b = weight.float() @ self.bias.float()
+            return w, b if bias is None else b + bias.float()
+
+    def project(self, weight: Tensor, bias: Tensor | None = None, s: slice = slice(None)) -> Tensor:
+        """W e + b for the edges `s`."""
+        w, b = self.compose(weight, bias)
+        return F.linear(self.x[s], w, b)
+
+    def node_sums(self, dst: Tensor, num_nodes: int) -> Edges:
+        """Per node, the sum of e over its incoming edges: an affine map of the sums of x (float32)."""
+        sums = self.x.new_zeros(num_nodes, self.x.shape[1], dtype=torch.float32).index_add(0, dst, self.x.float())
+        return _NodeSums(sums, torch.bincount(dst, minlength=num_nodes).to(sums), self)
+
+
+class _NodeSums:
+    """Sum over each node's incoming edges of (W e + b): (sum_j x) (W A)^T + degree * (W c + b), float32."""
+
+    def __init__(self, sums: Tensor, degree: Tensor, edges: Edges) -> None:
+        self.sums, self.degree, self.edges = sums, degree, edges
+
+    def project(self, weight: Tensor, bias: Tensor) -> Tensor:
+        w, b = self.edges.compose(weight, bias)
+        with torch.autocast(self.sums.device.type, enabled=False):
+            return torch.addmm(self.degree.unsqueeze(1) * b, self.sums, w.t())
+
+
 class EdgeModulatedConv(nn.Module):
     """Node update with messages scaled and shifted by the edge features; mean aggregation."""
 
@@ -51,20 +101,21 @@ class EdgeModulatedConv(nn.Module):
         self.update = nn.Linear(2 * dim, dim)  # on [h, aggregated messages]
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, h: Tensor, edge_index: Tensor, e: Tensor, chunk_size: int | None = None) -> Tensor:
+    def forward(self, h: Tensor, edge_index: Tensor, edges: Edges, chunk_size: int | None = None) -> Tensor:
         src, dst = edge_index
+        num_nodes = h.shape[0]
         w_dst, w_src = self.message.weight[:, :self.dim], self.message.weight[:, self.dim:]
         a = F.linear(h, w_dst, self.message.bias).float()
         b = F.linear(h, w_src).float()
-        agg = a.new_zeros(h.shape[0], self.dim)  # float32 even under autocast: the sum is precision-sensitive
         w, bias = self.modulation.weight, self.modulation.bias  # rows: scale, then shift
-        for s in edge_chunks(e.shape[0], chunk_size):
-            scale = F.linear(e[s], w[:self.dim], bias[:self.dim]).float()  # two products, not one split in two:
-            shift = F.linear(e[s], w[self.dim:], bias[self.dim:]).float()  # no concatenated gradient to build
-            ends = a.index_select(0, dst[s]) + b.index_select(0, src[s])
-            agg = agg.index_add(0, dst[s], torch.addcmul(shift, scale, ends))
-        degree = torch.bincount(dst, minlength=h.shape[0]).clamp_(min=1).to(agg)
-        agg = (agg / degree.unsqueeze(1)).to(h.dtype)
+        agg = a.new_zeros(num_nodes, self.dim)  # float32 even under autocast: the sum is precision-sensitive
+        for s in edge_chunks(len(edges), chunk_size):
+            scale = edges.project(w[:self.dim], bias[:self.dim], s).float()
+            agg = agg.index_add(0, dst[s], scale * b.index_select(0, src[s]))
+        sums = edges.node_sums(dst, num_nodes)
+        agg = torch.addcmul(agg + sums.project(w[self.dim:], bias[self.dim:]), a,
+                            sums.project(w[:self.dim], bias[:self.dim]))
+        agg = (agg / sums.degree.clamp(min=1).unsqueeze(1)).to(h.dtype)
         return self.out(self.update(torch.cat([h, agg], dim=-1)))
 
 
@@ -78,19 +129,25 @@ class EdgeUpdate(nn.Module):
         self.dst = nn.Linear(dim, dim)
         self.edge_out = nn.Linear(dim, dim)
 
-    def forward(self, h: Tensor, edge_index: Tensor, e: Tensor, chunk_size: int | None = None) -> Tensor:
-        hs, ht = self.src(h) + self.edge_in.bias, self.dst(h)  # edge_in's bias added once per node
-        parts = edge_chunks(e.shape[0], chunk_size)
+    def forward(self, h: Tensor, edge_index: Tensor, edges: Edges, chunk_size: int | None = None) -> Edges:
+        """The new edges, as `edge_out` of silu(edge_in(e) + src(h_j) + dst(h_i)) (not applied: see `Edges`)."""
+        w_in, b_in = edges.compose(self.edge_in.weight, self.edge_in.bias)
+        hs, ht = self.src(h) + b_in.to(h.dtype), self.dst(h)  # the composed bias added once per node
+        parts = edge_chunks(len(edges), chunk_size)
         if len(parts) == 1:
-            return self.edge_out(F.silu(self._pre(e, hs, ht, edge_index)))
-        for s in parts:  # in place: inference only (gradients are off when chunking)
-            e[s] = self.edge_out(F.silu(self._pre(e[s], hs, ht, edge_index[:, s])))
-        return e
+            x = F.silu(self._pre(edges.x, w_in, hs, ht, edge_index))
+        else:  # inference only (gradients are off when chunking): in place over the last layer's x
+            x = edges.x if edges.scratch else hs.new_empty(len(edges), hs.shape[1])
+            for s in parts:
+                x[s] = F.silu(self._pre(edges.x[s], w_in, hs, ht, edge_index[:, s]))
+        return Edges(x, self.edge_out.weight, self.edge_out.bias, scratch=True)
 
-    def _pre(self, e: Tensor, hs: Tensor, ht: Tensor, edge_index: Tensor) -> Tensor:
-        """edge_in(e) + src(h_j) + dst(h_i): the gathered node terms are added by the matrix product itself."""
-        ends = (hs.index_select(0, edge_index[0]) + ht.index_select(0, edge_index[1])).to(e.dtype)
-        return ends.addmm_(e, self.edge_in.weight.t().to(e.dtype))  # in place: the sum is not needed for backward
+    @staticmethod
+    def _pre(x: Tensor, w_in: Tensor, hs: Tensor, ht: Tensor, edge_index: Tensor) -> Tensor:
+        """x w_in^T + hs_j + ht_i: the gathered node terms are added by the matrix product itself."""
+        ends = hs.index_select(0, edge_index[0]) + ht.index_select(0, edge_index[1])
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else ends.dtype
+        return ends.to(dtype).addmm_(x.to(dtype), w_in.t().to(dtype))  # in place: not needed for backward
 
 
 class MessagePassingLayer(nn.Module):
@@ -101,7 +158,7 @@ class MessagePassingLayer(nn.Module):
         self.conv = EdgeModulatedConv(dim)
         self.edge_update = EdgeUpdate(dim)
 
-    def forward(self, h: Tensor, edge_index: Tensor, e: Tensor,
-                chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
-        h = F.silu(self.conv(h, edge_index, e, chunk_size))
-        return h, self.edge_update(h, edge_index, e, chunk_size)
+    def forward(self, h: Tensor, edge_index: Tensor, edges: Edges,
+                chunk_size: int | None = None) -> tuple[Tensor, Edges]:
+        h = F.silu(self.conv(h, edge_index, edges, chunk_size))
+        return h, self.edge_update(h, edge_index, edges, chunk_size)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .gnn import MessagePassingLayer, map_edges
+from .gnn import Edges, MessagePassingLayer, map_edges
 
 
 @dataclass
@@ -109,9 +109,10 @@ class NiNoGNN(Nowcaster):
         last = edge_attr.view(-1, feat, c.ctx)[:, :, -1]
         num_nodes = int(edge_index.max()) + 1 if lpe is None else lpe.shape[0]
 
-        w_in = self.edge_proj.weight[:, :feat * c.ctx]
-        e = map_edges(lambda s: F.linear(edge_attr[s], w_in, self.edge_proj.bias)
-                      + self.edge_type_embed(edge_type[s]), len(edge_attr), c.chunk_size)
+        # e = edge_proj(features) + embedding(type) = [features, one_hot(type)] A^T + bias (see nino.gnn.Edges)
+        inputs = torch.cat([edge_attr, F.one_hot(edge_type, c.edge_types).to(edge_attr.dtype)], dim=1)
+        edges = Edges(inputs, torch.cat([self.edge_proj.weight[:, :feat * c.ctx], self.edge_type_embed.weight.t()],
+                                        dim=1), self.edge_proj.bias)
         h = edge_attr.new_zeros(num_nodes, c.hid)
         if self.node_proj is not None:
             if lpe is None:
@@ -122,15 +123,18 @@ class NiNoGNN(Nowcaster):
                 raise ValueError('this nowcaster needs pos_w (word-embedding row index per node)')
             h = h + self.word_embed(pos_w)
         for layer in self.layers:
-            h, e = layer(h, edge_index, e, c.chunk_size)
+            h, edges = layer(h, edge_index, edges, c.chunk_size)
 
         hidden, out = self.head[0], self.head[2]
         if k is None:
-            delta = self.head(e).view(-1, c.max_feat_size, c.seq_len)[:, :feat]
+            delta = out(F.silu(edges.project(hidden.weight, hidden.bias))).view(-1, c.max_feat_size, c.seq_len)
+            delta = delta[:, :feat]
             return last.unsqueeze(-1) + delta if add_last else delta
         rows = torch.arange(feat, device=edge_attr.device) * c.seq_len + (k - 1)
         w_out, b_out = _select_rows(out, rows)
-        delta = map_edges(lambda s: F.linear(F.silu(hidden(e[s])), w_out, b_out), len(e), c.chunk_size)
+        w_hid, b_hid = edges.compose(hidden.weight, hidden.bias)
+        delta = map_edges(lambda s: F.linear(F.silu(F.linear(edges.x[s], w_hid, b_hid)), w_out, b_out), len(edges),
+                          c.chunk_size)
         return last + delta
 
 
