@@ -140,16 +140,45 @@ def _unwrap(model: torch.nn.Module) -> Nowcaster:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def _padding(batch: WindowBatch) -> list[tuple[int, int, int]]:
+    """(first row, end row, first padded column) of every window with fewer targets than seq_len."""
+    return [(q0, q1, n) for n, q0, q1 in zip(batch.y_len.tolist(), batch.y_ptr[:-1].tolist(),
+                                             batch.y_ptr[1:].tolist()) if n < batch.seq_len]
+
+
 def target_l1(rows: torch.Tensor, batch: WindowBatch, targets: torch.Tensor) -> torch.Tensor:
     """Mean absolute error of (Q, seq_len) values against `targets`, over every target of the batch (each
     parameter of each window at each horizon its window has; padding past a window's end counts for nothing).
     `targets` is overwritten at the padding."""
     count = rows.numel()
-    if batch.target_mask() is not None:  # padding: targets equal to the values, so zero error and gradient
-        for n, q0, q1 in zip(batch.y_len.tolist(), batch.y_ptr[:-1].tolist(), batch.y_ptr[1:].tolist()):
-            targets[q0:q1, n:] = rows[q0:q1, n:].detach()
-            count -= (q1 - q0) * (rows.shape[1] - n)
+    for q0, q1, n in _padding(batch):  # padding: targets equal to the values, so zero error and gradient
+        targets[q0:q1, n:] = rows[q0:q1, n:].detach()
+        count -= (q1 - q0) * (rows.shape[1] - n)
     return F.l1_loss(rows.float(), targets, reduction='sum') / count
+
+
+class _GatheredL1(torch.autograd.Function):
+    """`target_l1(values[index], ...)` in fewer passes over the (Q, seq_len) targets: the rows are
+    gathered and compared in one go, the gradient's sign kept from the forward pass, and the
+    backward writes each row's gradient once (`index` holds no row twice) instead of adding it."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, index: torch.Tensor, targets: torch.Tensor,
+                padding: list[tuple[int, int, int]]) -> torch.Tensor:
+        diff = torch.sub(values.index_select(0, index), targets)  # float32 (targets are)
+        count = diff.numel()
+        for q0, q1, n in padding:
+            diff[q0:q1, n:] = 0
+            count -= (q1 - q0) * (diff.shape[1] - n)
+        ctx.save_for_backward(index, diff.sign().to(values.dtype))
+        ctx.shape, ctx.count = values.shape, count
+        return diff.abs_().sum() / count
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        index, sign = ctx.saved_tensors
+        rows = sign * (grad / ctx.count).to(sign.dtype)
+        return sign.new_zeros(ctx.shape).index_copy_(0, index, rows), None, None, None
 
 
 def change_targets(batch: WindowBatch, ctx: int) -> torch.Tensor:
@@ -165,7 +194,8 @@ def forward(model: torch.nn.Module, batch: WindowBatch) -> torch.Tensor:
 def window_l1(delta: torch.Tensor, batch: WindowBatch, ctx: int) -> torch.Tensor:
     """The training loss: L1 of the predicted states at every target (prediction = last state + change;
     the last state cancels, so it is taken from the targets instead of added to every prediction)."""
-    return target_l1(batch.at_targets(delta), batch, change_targets(batch, ctx))
+    values = delta.reshape(-1, delta.shape[-1])
+    return _GatheredL1.apply(values, batch.y_slot, change_targets(batch, ctx), _padding(batch))
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:

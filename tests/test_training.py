@@ -267,10 +267,11 @@ def test_a_damaged_chunk_is_skipped_named_and_counted(small_store, tmp_path):
 
 def test_loss_equals_the_papers_masked_edge_space_l1(small_store):
     """Same weights, same windows: the parameter-space loss equals the reference formulation (targets
-    and mask in edge space, prediction = last state + change) to float tolerance, padding included."""
+    and mask in edge space, prediction = last state + change) to float tolerance, padding included;
+    the fused loss has exactly the value and gradients of autograd through the plain one."""
     from nino.graph import EdgeType, build_graph
     from nino.model import NiNoConfig, build_nowcaster
-    from nino.training import forward, window_l1
+    from nino.training import change_targets, forward, target_l1, window_l1
     from pipeline.loader import WindowConfig, WindowStream
     cfg = WindowConfig(step=8, seq_len=12, samples_per_traj=3, batch_size=2)
     stream = WindowStream(str(small_store), cfg, tasks=['fm-16'], seed=3)
@@ -299,6 +300,10 @@ def test_loss_equals_the_papers_masked_edge_space_l1(small_store):
         mask = torch.cat(masks)
         paper = torch.nn.functional.l1_loss(torch.cat(preds)[mask], torch.cat(targets)[mask])
         assert torch.allclose(ours, paper, rtol=1e-5), (b, float(ours), float(paper))
+        delta = forward(model, batch)  # the fused loss and plain autograd of the same L1: same value and gradient
+        plain = target_l1(batch.at_targets(delta), batch, change_targets(batch, cfg.ctx))
+        grads = [torch.autograd.grad(loss, list(model.parameters())) for loss in (ours, plain)]
+        assert torch.equal(ours, plain) and all(torch.equal(a, b) for a, b in zip(*grads)), b
     assert short > 0  # the padding case was exercised
 
 
