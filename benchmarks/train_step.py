@@ -5,10 +5,11 @@
 The paper's NiNo (hidden 128, 3 layers, 40 horizons) on one batch of 4 trajectory reads x 4
 windows of the published fm-16 layout (benchmarks/common.py), 5 inputs + 40 targets 200 steps
 apart; `lm1b-3-24` adds a GPT-2 batch (1,000 sampled word-embedding rows). The batch is built
-once; only the step is timed (median of `--steps` after one warm-up). fp32, and bf16 autocast.
-With `--reference DIR` the reference's `NiNoModel` steps on a batch from its own loader (same
-files, same window settings, so the same edge count) in the same process, and the ratio column
-divides its fp32 time by each of ours.
+once; only the step is timed: fp32, and bf16 autocast. With `--reference DIR` the reference's
+`NiNoModel` steps on a fm-16 batch from its own loader (same files, same window settings, so the
+same edge count) in the same process, and the ratio column divides its fp32 time by each of ours.
+The steps are timed in turns (reference, ours fp32, ours bf16, again...) and each reported as
+its median over `--steps` rounds: the machine is shared and its speed drifts within a run.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,17 +29,21 @@ from nino.training import forward, window_l1
 from pipeline.loader import WindowStream
 
 
-def median_step(one, steps: int) -> float:
-    one()  # warm-up
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
+def interleaved_medians(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+    """Median seconds of each step function, timed in turns (one of each per round, after one warm-up
+    round), so that the machine's speed drifting during the run affects all of them alike."""
+    for one in steps.values():
         one()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, one in steps.items():
+            start = time.perf_counter()
+            one()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def our_step(batch, amp: bool, steps: int) -> float:
+def our_step(batch, amp: bool) -> Callable[[], None]:
     torch.manual_seed(0)
     model = build_nowcaster(NiNoConfig()).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -50,11 +56,11 @@ def our_step(batch, amp: bool, steps: int) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
 
-    return median_step(one, steps)
+    return one
 
 
-def reference_step(checkout: Path, task: str, steps: int) -> tuple[float, int]:
-    """(seconds per fp32 step, edges) of the reference on a batch from its own loader."""
+def reference_step(checkout: Path, task: str) -> tuple[Callable[[], None], int]:
+    """(one fp32 step, edges) of the reference on a batch from its own loader."""
     import torch.nn.functional as F
     from loader import reference_loader
     from reference import import_reference
@@ -73,7 +79,7 @@ def reference_step(checkout: Path, task: str, steps: int) -> tuple[float, int]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
 
-    return median_step(one, steps), batch.edge_index.shape[1]
+    return one, batch.edge_index.shape[1]
 
 
 def main() -> None:
@@ -85,15 +91,16 @@ def main() -> None:
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads')
     rows = []
     for task in args.tasks.split(','):
-        ref = float('nan')
-        if args.reference and args.reference.is_dir():
-            ref, edges = reference_step(args.reference, task, args.steps)
-            rows.append((task, 'reference', 'fp32', edges, ref, 1.0))
         batch = WindowStream(str(published_store(2)), CONFIGS[task], tasks=[task], seed=0).batch(0)
-        edges = batch.edge_index.shape[1]
-        for amp in (False, True):
-            seconds = our_step(batch, amp, args.steps)
-            rows.append((task, 'this project', 'bf16 autocast' if amp else 'fp32', edges, seconds, ref / seconds))
+        steps = {'fp32': our_step(batch, False), 'bf16 autocast': our_step(batch, True)}
+        edges = {'fp32': batch.edge_index.shape[1], 'bf16 autocast': batch.edge_index.shape[1]}
+        if args.reference and args.reference.is_dir() and task == 'fm-16':  # its GPT-2 batches do not run
+            steps['reference'], edges['reference'] = reference_step(args.reference, task)
+        seconds = interleaved_medians(steps, args.steps)
+        ref = seconds.get('reference', float('nan'))
+        for name, s in seconds.items():
+            code, precision = ('reference', 'fp32') if name == 'reference' else ('this project', name)
+            rows.append((task, code, precision, edges[name], s, ref / s))
     print('| batch | code | precision | edges | s/step | x reference fp32 |')
     print('|---|---|---|---:|---:|---:|')
     for task, code, precision, edges, seconds, ratio in rows:
