@@ -22,6 +22,7 @@ import ray
 
 from nino.graph import param_shapes
 from pipeline.data import load_dataset
+from pipeline.lease import LeaseError
 from pipeline.record import METRICS, record_trajectory
 from pipeline.scheduler import remaining, run_per_trajectory
 from pipeline.store import StoreError, TrajectoryStore
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         summary = collect(args.config, args.store, args.address or os.environ.get('RAY_ADDRESS'), args.retries)
-    except (ConfigError, StoreError) as err:
+    except (ConfigError, StoreError, LeaseError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     print(summary)

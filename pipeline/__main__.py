@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .lease import LeaseError
 from .store import StoreError, TrajectoryStore
 from .verify import verify_store
 
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f'BAD {problem}')
             print(f'{checked} trajectories checked, {len(problems)} problem(s)')
             return 1 if problems else 0
-    except (StoreError, ValueError, OSError) as err:
+    except (StoreError, LeaseError, ValueError, OSError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     return 2

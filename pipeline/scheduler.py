@@ -58,9 +58,19 @@ def run_per_trajectory(items: Sequence[Item], submit: Callable[[Item], ray.Objec
     result = RunResult()
     if not items:
         return result
-    if not ray.is_initialized():
-        init_ray(address)
-    start = time.time()
+    with manifest.lease():  # refused here if another driver writes this store; rows re-read once held
+        done = manifest.done()
+        items = [item for item in items if (item[0].name, item[1]) not in done]
+        if items and not ray.is_initialized():
+            init_ray(address)
+        start = time.time()
+        _run(items, submit, manifest, desc, progress, failed_fields, result)
+        result.seconds = time.time() - start
+    return result
+
+
+def _run(items: Sequence[Item], submit: Callable[[Item], ray.ObjectRef], manifest: Manifest, desc: str,
+         progress: bool, failed_fields: Callable[[Item], dict[str, Any]] | None, result: RunResult) -> None:
     pending = {submit(item): item for item in items}
     with tqdm(total=len(items), desc=desc, unit='traj', disable=not progress) as bar:
         while pending:
@@ -76,5 +86,3 @@ def run_per_trajectory(items: Sequence[Item], submit: Callable[[Item], ray.Objec
                 result.failed.append(f'{task}[{index}]: {row["error"]}')
             manifest.upsert(row)
             bar.update(1)
-    result.seconds = time.time() - start
-    return result
