@@ -30,6 +30,7 @@ from .codecs import undo_delta
 
 _EMPTY = 2 ** 64 - 1
 MAX_OPEN_FILES = 64  # shard files a local reader keeps open
+Request = tuple[str, int, int | None]  # (object key, first byte, end byte; a negative first byte counts from the end)
 
 
 class ChunkChecksumError(ValueError):
@@ -43,11 +44,13 @@ def _crc_ok(data: bytes) -> bool:
 class ShardReader:
     """Reads states of a sharded `params` array (one trajectory per shard row).
 
-    `fetch(key, ranges)` returns the bytes of each (start, stop) range of the object `key`
-    (relative to the array folder); `local_reader` and `fsspec_reader` build it.
+    `fetch(requests)` returns the bytes of each (key, start, stop) request: a byte range of the
+    object `key` (relative to the array folder; a negative start counts from its end);
+    `local_reader` and `fsspec_reader` build it. A read asks for all its chunks in one call, so an
+    object store serves them concurrently.
     """
 
-    def __init__(self, metadata: dict, fetch: Callable[[str, list[tuple[int, int]]], list[bytes]]) -> None:
+    def __init__(self, metadata: dict, fetch: Callable[[list[Request]], list[bytes]]) -> None:
         self.fetch = fetch
         self.shape = tuple(metadata['shape'])
         (sharding,) = metadata['codecs']
@@ -79,29 +82,30 @@ class ShardReader:
         chunks_of: dict[int, list[int]] = {}  # shard -> its inner chunks asked for
         for chunk in rows_of:
             chunks_of.setdefault(chunk // self.inner_per_shard, []).append(chunk)
+        plan = []  # (chunk, key, offset, nbytes) of every chunk asked for
         for shard, chunks in chunks_of.items():
             key = f'c/{traj}/{shard}/0'
             index = self._shard_index(traj, shard, key)
-            entries = [(c, *index[c % self.inner_per_shard]) if index is not None else (c, _EMPTY, 0)
-                       for c in chunks]
-            ranges = [(o, o + n) for _, o, n in entries if o != _EMPTY]
-            blobs = iter(self.fetch(key, ranges) if ranges else [])
-            for chunk, offset, _ in entries:
-                rows = rows_of[chunk]
-                if offset == _EMPTY:  # never written: the fill value
-                    out[rows] = np.float16(np.nan).view('<u2')
-                    continue
-                block = self._decode(next(blobs), key, chunk)
-                used = [states[row] - chunk * self.inner_states for row in rows]  # positions in the chunk
-                last = max(used)
-                if self.delta and last and len(rows) == 1:  # one state: its last delta add writes the output
-                    undo_delta(block[:last], 0)
-                    np.add(block[last - 1], block[last], out=out[rows[0]])
-                    continue
-                if self.delta:
-                    undo_delta(block[:last + 1], 0)
-                for row, k in zip(rows, used):
-                    out[row] = block[k]
+            plan += [(c, key, *index[c % self.inner_per_shard]) if index is not None else (c, key, _EMPTY, 0)
+                     for c in chunks]
+        requests = [(key, o, o + n) for _, key, o, n in plan if o != _EMPTY]
+        blobs = iter(self.fetch(requests) if requests else [])
+        for chunk, key, offset, _ in plan:
+            rows = rows_of[chunk]
+            if offset == _EMPTY:  # never written: the fill value
+                out[rows] = np.float16(np.nan).view('<u2')
+                continue
+            block = self._decode(next(blobs), key, chunk)
+            used = [states[row] - chunk * self.inner_states for row in rows]  # positions in the chunk
+            last = max(used)
+            if self.delta and last and len(rows) == 1:  # one state: its last delta add writes the output
+                undo_delta(block[:last], 0)
+                np.add(block[last - 1], block[last], out=out[rows[0]])
+                continue
+            if self.delta:
+                undo_delta(block[:last + 1], 0)
+            for row, k in zip(rows, used):
+                out[row] = block[k]
         return out.view(np.float16)
 
     def _shard_index(self, traj: int, shard: int, key: str) -> list[tuple[int, int]] | None:
@@ -110,7 +114,7 @@ class ShardReader:
         if index is None:
             size = self.inner_per_shard * 16 + 4
             try:
-                (raw,) = self.fetch(key, [(-size, None)])
+                (raw,) = self.fetch([(key, -size, None)])
             except FileNotFoundError:
                 return None  # not cached: it may be written later
             if len(raw) != size or not _crc_ok(raw):
@@ -134,15 +138,15 @@ def local_reader(folder: Path, max_open: int = MAX_OPEN_FILES) -> ShardReader:
     open (the published dataset converted is thousands of shards, more than a process may open)."""
     handles: OrderedDict[str, int] = OrderedDict()
 
-    def fetch(key: str, ranges: list[tuple[int, int | None]]) -> list[bytes]:
-        fd = handles.pop(key, None)
-        if fd is None:
-            fd = os.open(folder / key, os.O_RDONLY)
-            while len(handles) >= max_open:
-                os.close(handles.popitem(last=False)[1])
-        handles[key] = fd  # most recent last
+    def fetch(requests: list[Request]) -> list[bytes]:
         out = []
-        for start, stop in ranges:
+        for key, start, stop in requests:
+            fd = handles.pop(key, None)
+            if fd is None:
+                fd = os.open(folder / key, os.O_RDONLY)
+                while len(handles) >= max_open:
+                    os.close(handles.popitem(last=False)[1])
+            handles[key] = fd  # most recent last
             if start < 0:
                 size = os.fstat(fd).st_size
                 start, stop = max(0, size + start), size
@@ -153,12 +157,21 @@ def local_reader(folder: Path, max_open: int = MAX_OPEN_FILES) -> ShardReader:
 
 
 def fsspec_reader(fs, path: str) -> ShardReader:
-    """A reader for a params array at `path` on an fsspec file system (one range request per chunk)."""
-    def fetch(key: str, ranges: list[tuple[int, int | None]]) -> list[bytes]:
-        url = f'{path}/{key}'
-        if any(start < 0 for start, _ in ranges):  # the shard index: counted from the end
-            size = fs.size(url)
-            ranges = [(size + start, size) if start < 0 else (start, stop) for start, stop in ranges]
-        return [fs.cat_file(url, start=start, end=stop) for start, stop in ranges]
+    """A reader for a params array at `path` on an fsspec file system: the ranges of a read are fetched
+    with one `cat_ranges` call (concurrent requests on object stores)."""
+    def fetch(requests: list[Request]) -> list[bytes]:
+        urls = [f'{path}/{key}' for key, _, _ in requests]
+        starts, stops = [], []
+        for url, (_, start, stop) in zip(urls, requests):
+            if start < 0:  # the shard index: counted from the end
+                size = fs.size(url)
+                start, stop = size + start, size
+            starts.append(start)
+            stops.append(stop)
+        blobs = fs.cat_ranges(urls, starts, stops, on_error='return')
+        for blob in blobs:
+            if isinstance(blob, Exception):
+                raise blob
+        return blobs
 
     return ShardReader(json.loads(fs.cat_file(f'{path}/zarr.json')), fetch)
