@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from nino.graph import param_shapes
 from pipeline.data import load_dataset
 from pipeline.lease import LeaseError
 from pipeline.record import METRICS, record_trajectory
-from pipeline.scheduler import remaining, run_per_trajectory
+from pipeline.scheduler import remaining, run_per_trajectory, worker_host
 from pipeline.store import StoreError, TrajectoryStore
 from pipeline.tasks import ConfigError, TaskSpec, build_model, load_tasks, read_config_file, with_absolute_paths
 
@@ -87,7 +86,7 @@ def record_into_store(store_url: str, spec_dict: dict[str, Any], index: int) -> 
     return dict(task=spec.name, index=index, status='done', seed=traj.seed, lr=traj.lr,
                 hparams=f'{{"lr": {traj.lr!r}, "seed": {traj.seed}}}', final_train_loss=float(last[0]),
                 final_val_loss=float(last[2]), final_val_acc=float(last[3]), wall_time=traj.wall_time,
-                host=socket.gethostname(), checksum=traj.checksum, error=None, updated=time.time())
+                host=worker_host(), checksum=traj.checksum, error=None, updated=time.time())
 
 
 _record_remote = ray.remote(record_into_store)

@@ -10,7 +10,6 @@ conversion reruns exactly the trajectories that have no `done` row.
 from __future__ import annotations
 
 import hashlib
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import ray
 from nino.graph import param_shapes
 
 from .published import PublishedTask, published_task
-from .scheduler import remaining, run_per_trajectory
+from .scheduler import remaining, run_per_trajectory, worker_host
 from .store import StoreError, TrajectoryStore
 from .tasks import TaskSpec, build_model
 
@@ -100,7 +99,7 @@ def convert_trajectory(store_url: str, task_dict: dict[str, Any], source: str, i
     return dict(task=task.name, index=index, status='done', seed=None, lr=None,
                 hparams=f'{{"source": "{filename}", "row": {local}}}',
                 final_train_loss=last.get('train_loss'), final_val_loss=last.get('test_loss'),
-                final_val_acc=last.get('test_acc'), wall_time=time.time() - start, host=socket.gethostname(),
+                final_val_acc=last.get('test_acc'), wall_time=time.time() - start, host=worker_host(),
                 checksum=digest.hexdigest(), error=None, updated=time.time())
 
 

@@ -10,6 +10,7 @@ retries an item whose worker dies (`max_retries`).
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,12 @@ def describe_failure(err: BaseException) -> str:
     lines = [line for line in _ANSI.sub('', str(err)).splitlines() if line.strip()]
     message = lines[-1].strip() if isinstance(err, ray.exceptions.RayError) and lines else ' '.join(lines[:1])
     return f'{type(err).__name__}: {message}'[:500]
+
+def worker_host() -> str:
+    """Where a Ray task runs: the host name and the Ray node (several nodes may share one host)."""
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    return f'{socket.gethostname()} node {node[:12]}' if node else socket.gethostname()
+
 
 Group = TypeVar('Group')
 Item = tuple[Group, int]
