@@ -68,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--store', required=True)
     p.add_argument('--cache-dir', default=None)
     p.add_argument('--shape', action='append', default=[], help='TASK=NTRAJxNSTATES for files of other sizes')
-    p.add_argument('--address', default=None)
+    p.add_argument('--address', default=None, help='Ray cluster address (default: local, or RAY_ADDRESS)')
     p = sub.add_parser('migrate', help='rewrite a store in the current layout version (resumable, verified)')
     p.add_argument('src')
     p.add_argument('dst')
-    p.add_argument('--address', default=None)
+    p.add_argument('--address', default=None, help='Ray cluster address (default: local, or RAY_ADDRESS)')
     for name, helptext in (('info', 'a table per task'), ('verify', 'check a store')):
         p = sub.add_parser(name, help=helptext)
         p.add_argument('store')
