@@ -30,13 +30,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait(what: str, ready, timeout: float = 90.0) -> None:
+def _wait(what: str, ready, timeout: float = 90.0, log: Path | None = None) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if ready():
             return
         time.sleep(0.5)
-    raise TimeoutError(what)
+    raise TimeoutError(what + (f'; head node output:\n{log.read_text()[-3000:]}' if log else ''))
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -62,9 +62,17 @@ def cluster(monkeypatch):
     temp = tempfile.mkdtemp(prefix='ray-', dir='/tmp')  # short: Ray's socket paths must fit 107 bytes
     port, dashboard = _free_port(), _free_port()
     common = ['--block', '--node-ip-address', '127.0.0.1', '--num-cpus', '1', '--disable-usage-stats']
+
+    def own_ports() -> list[str]:  # ports with fixed defaults: the two nodes of one machine must not share them
+        flags = ('--dashboard-agent-listen-port', '--dashboard-agent-grpc-port', '--runtime-env-agent-port',
+                 '--metrics-export-port')
+        return [arg for flag in flags for arg in (flag, str(_free_port()))]
+
+    log = open(Path(temp) / 'head.log', 'w')
     head = subprocess.Popen([RAY, 'start', '--head', '--port', str(port), '--dashboard-host', '127.0.0.1',
                              '--dashboard-port', str(dashboard), '--include-dashboard', 'true', '--temp-dir', temp,
-                             *common], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             '--ray-client-server-port', str(_free_port()), *own_ports(), *common],
+                            start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     started = [head]
     try:
         from ray.job_submission import JobSubmissionClient
@@ -76,9 +84,9 @@ def cluster(monkeypatch):
             except Exception:
                 return None
 
-        _wait('dashboard', client)
-        worker = subprocess.Popen([RAY, 'start', '--address', f'127.0.0.1:{port}', *common], start_new_session=True,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait('dashboard', client, log=Path(temp) / 'head.log')
+        worker = subprocess.Popen([RAY, 'start', '--address', f'127.0.0.1:{port}', *own_ports(), *common],
+                                  start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         started.append(worker)
         status = [RAY, 'status', '--address', f'127.0.0.1:{port}']
         _wait('two nodes', lambda: subprocess.run(status, capture_output=True, text=True).stdout.count(' node_') == 2)
@@ -89,6 +97,7 @@ def cluster(monkeypatch):
         for p in psutil.process_iter(['pid', 'cmdline']):  # anything of this cluster that outlived its session
             if any(temp in part for part in p.info['cmdline'] or []):
                 p.kill()
+        log.close()
         shutil.rmtree(temp, ignore_errors=True)
 
 
