@@ -86,6 +86,9 @@ def test_collect_on_s3_kill_the_driver_rerun_verify_and_stream_windows(s3_env, t
     assert sorted(manifest.rows) == [('fm-16', i) for i in range(N)]
     assert all(manifest.rows[k]['updated'] == t for k, t in done_at_kill.items())  # not run again
     assert verify_store(store) == (N, [])
+    verified = subprocess.run([sys.executable, '-m', 'pipeline', 'verify', url], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)  # the command a user runs
+    assert verified.returncode == 0 and f'{N} trajectories checked, 0 problem(s)' in verified.stdout, verified.stderr
     fs, path = store._fs_path()
     assert not fs.exists(f'{path}/manifest.parquet.lease')  # released at the end
 
