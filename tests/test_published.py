@@ -150,10 +150,10 @@ def test_wrong_source_files_are_named(tmp_path, local_ray):
 
 def test_killed_conversion_completes_on_rerun_without_converting_twice(tmp_path):
     source = tmp_path / 'src'
-    arrays = write_published(source, 'fm-16', 12, 60)
+    arrays = write_published(source, 'fm-16', 8, 60)
     store = tmp_path / 'store'
     cmd = [sys.executable, '-m', 'pipeline', 'convert', '--tasks', 'fm-16', '--source', str(source),
-           '--store', str(store), '--shape', 'fm-16=12x60']
+           '--store', str(store), '--shape', 'fm-16=8x60']
     first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     done = {}
@@ -167,17 +167,17 @@ def test_killed_conversion_completes_on_rerun_without_converting_twice(tmp_path)
     first.wait()
     rows = TrajectoryStore(store, mode='r').manifest().rows
     before = {k: r['updated'] for k, r in rows.items() if r['status'] == 'done'}
-    assert 1 <= len(before) < 12
+    assert 1 <= len(before) < 8
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f'scheduled {12 - len(before)}, done {12 - len(before)}, failed 0, already done {len(before)}' in out.stdout
+    assert f'scheduled {8 - len(before)}, done {8 - len(before)}, failed 0, already done {len(before)}' in out.stdout
     s = TrajectoryStore(store, mode='r')
     for key, stamp in before.items():
         assert s.manifest().rows[key]['updated'] == stamp
     group = s.group('fm-16')
-    for i in range(12):
+    for i in range(8):
         assert np.array_equal(group.read_params(i).view(np.uint16), arrays['fm-16.dat'][i].view(np.uint16))
-    assert verify_store(s) == (12, [])
+    assert verify_store(s) == (8, [])
 
 
 def test_an_uncached_hub_store_offline_says_so_in_one_line(tmp_path):
