@@ -50,9 +50,17 @@ class ArenaPool:
     """A worker's arenas: `carve` lays out empty tensors in a free one, `ship` wraps a batch built there."""
 
     def __init__(self, keep: int = 8) -> None:
+        if not self.supported():
+            raise OSError('shared-memory arenas need os.memfd_create (Linux)')
         self.keep = keep
         self.arenas: list[Arena] = []
         self.current: Arena | None = None
+
+    @staticmethod
+    def supported() -> bool:
+        """Whether this platform has anonymous shared-memory files (Linux); elsewhere workers pickle batches
+        the usual way (torch copies them into shared memory)."""
+        return hasattr(os, 'memfd_create')
 
     def carve(self, specs: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> dict[str, Tensor]:
         """Empty tensors of the given shapes and dtypes, views of a free arena (marked busy)."""

@@ -361,13 +361,13 @@ class WindowStream(IterableDataset):
         return WindowBatch(**out, pos=pos if c.lpe else None, seq_len=c.seq_len, skipped=skipped)
 
     def __iter__(self) -> Iterator[WindowBatch]:
-        """Batches from `start` on; in a DataLoader worker, each built in a reusable shared-memory
+        """Batches from `start` on; in a DataLoader worker (on Linux), each built in a reusable shared-memory
         arena (`pipeline.arenas`) so that handing it to the main process copies nothing."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rank, world = self.shard
         position = self.start + worker
-        if info is not None:
+        if info is not None and ArenaPool.supported():
             self._arenas = ArenaPool()
         while True:
             batch = self.batch(position * world + rank)

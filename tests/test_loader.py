@@ -160,6 +160,15 @@ def test_batches_a_consumer_holds_are_never_overwritten_by_a_worker(small_store)
         assert torch.equal(b.edge_attr, expected.edge_attr) and torch.equal(b.states, expected.states), i
 
 
+def test_workers_without_shared_memory_arenas_give_the_same_batches(small_store, monkeypatch):
+    from pipeline.arenas import ArenaPool
+    monkeypatch.setattr(ArenaPool, 'supported', staticmethod(lambda: False))  # e.g. macOS: no memfd_create
+    stream = WindowStream(str(small_store), CFG, seed=4)
+    for i, b in zip(range(2), window_loader(stream, num_workers=1)):
+        expected = stream.batch(i)
+        assert torch.equal(b.edge_attr, expected.edge_attr) and torch.equal(b.states, expected.states), i
+
+
 def test_only_trajectories_marked_done_are_read(small_store, tmp_path):
     store_path = tmp_path / 'partial'
     shutil.copytree(small_store, store_path)
