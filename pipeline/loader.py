@@ -155,7 +155,6 @@ class _Task:
     layer_starts: np.ndarray  # first parameter of each scaling layer
     layer_of: Tensor  # (P,) scaling layer of each parameter
     layer_sizes: np.ndarray
-    slot_of_param: Tensor  # (P,) flat slot of each parameter in (E * max_feat_size)
     src_of_slot: Tensor  # (S * E * max_feat_size,) row of `scratch` each edge feature slot of a read copies
     scratch: Tensor  # (S * P + E * max_feat_size, ctx): the read's scaled inputs, then every slot's fixed value
     read_edge_index: Tensor  # (2, S * E) the read's windows' edges, node indices offset per window
@@ -250,17 +249,15 @@ class WindowStream(IterableDataset):
         scaled_rows = shifts * graph.num_params
         scratch = torch.empty(scaled_rows + slots_per_window, c.ctx)
         scratch[scaled_rows:] = aux_feats
-        src_of_slot = torch.arange(slots_per_window) + scaled_rows  # slots without a parameter: their fixed value
-        src_of_slot = src_of_slot.repeat(shifts, 1)
-        for shift in range(shifts):
-            src_of_slot[shift, slot_of_param] = torch.arange(graph.num_params) + shift * graph.num_params
+        read_y_slot = slot_of_param + torch.arange(shifts).unsqueeze(1) * slots_per_window  # (S, P)
+        src_of_slot = (torch.arange(slots_per_window) + scaled_rows).repeat(shifts)  # no parameter: fixed value
+        src_of_slot[read_y_slot.flatten()] = torch.arange(scaled_rows)  # a parameter: its scaled input row
         node_offsets = torch.arange(shifts).repeat_interleave(graph.num_edges) * graph.num_nodes
         return _Task(group, self.trajectories[name], graph, lpe, stride, max_start, wte_rows,
                      np.cumsum([0] + sizes[:-1]), torch.repeat_interleave(torch.arange(len(sizes)),
                                                                           torch.tensor(sizes)),
-                     np.array(sizes), slot_of_param, src_of_slot.flatten(), scratch,
-                     graph.edge_index.repeat(1, shifts) + node_offsets, graph.edge_type.repeat(shifts),
-                     slot_of_param + torch.arange(shifts).unsqueeze(1) * slots_per_window)
+                     np.array(sizes), src_of_slot, scratch, graph.edge_index.repeat(1, shifts) + node_offsets,
+                     graph.edge_type.repeat(shifts), read_y_slot)
 
     def batch(self, index: int) -> WindowBatch:
         """Batch number `index` of the stream (the same on every call and in every process)."""
