@@ -72,22 +72,11 @@ class Edges:
         w, b = self.compose(weight, bias)
         return F.linear(self.x[s], w, b)
 
-    def node_sums(self, dst: Tensor, num_nodes: int) -> Edges:
-        """Per node, the sum of e over its incoming edges: an affine map of the sums of x (float32)."""
+    def node_sums(self, dst: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
+        """(sum over each node's incoming edges of x, the node's in-degree), float32: the sum of
+        `W e + b` over those edges is then `sums @ w.T + degree * b` for `(w, b) = compose(W, b)`."""
         sums = self.x.new_zeros(num_nodes, self.x.shape[1], dtype=torch.float32).index_add(0, dst, self.x.float())
-        return _NodeSums(sums, torch.bincount(dst, minlength=num_nodes).to(sums), self)
-
-
-class _NodeSums:
-    """Sum over each node's incoming edges of (W e + b): (sum_j x) (W A)^T + degree * (W c + b), float32."""
-
-    def __init__(self, sums: Tensor, degree: Tensor, edges: Edges) -> None:
-        self.sums, self.degree, self.edges = sums, degree, edges
-
-    def project(self, weight: Tensor, bias: Tensor) -> Tensor:
-        w, b = self.edges.compose(weight, bias)
-        with torch.autocast(self.sums.device.type, enabled=False):
-            return torch.addmm(self.degree.unsqueeze(1) * b, self.sums, w.t())
+        return sums, torch.bincount(dst, minlength=num_nodes).to(sums)
 
 
 class EdgeModulatedConv(nn.Module):
@@ -108,14 +97,18 @@ class EdgeModulatedConv(nn.Module):
         a = F.linear(h, w_dst, self.message.bias).float()
         b = F.linear(h, w_src).float()
         w, bias = self.modulation.weight, self.modulation.bias  # rows: scale, then shift
+        w_scale, b_scale = edges.compose(w[:self.dim], bias[:self.dim])
+        w_shift, b_shift = edges.compose(w[self.dim:], bias[self.dim:])
         agg = a.new_zeros(num_nodes, self.dim)  # float32 even under autocast: the sum is precision-sensitive
         for s in edge_chunks(len(edges), chunk_size):
-            scale = edges.project(w[:self.dim], bias[:self.dim], s).float()
+            scale = F.linear(edges.x[s], w_scale, b_scale).float()
             agg = agg.index_add(0, dst[s], scale * b.index_select(0, src[s]))
-        sums = edges.node_sums(dst, num_nodes)
-        agg = torch.addcmul(agg + sums.project(w[self.dim:], bias[self.dim:]), a,
-                            sums.project(w[:self.dim], bias[:self.dim]))
-        agg = (agg / sums.degree.clamp(min=1).unsqueeze(1)).to(h.dtype)
+        sums, degree = edges.node_sums(dst, num_nodes)
+        with torch.autocast(h.device.type, enabled=False):  # per node: sums of many edges, kept in float32
+            shift_sum = torch.addmm(degree.unsqueeze(1) * b_shift, sums, w_shift.t())
+            scale_sum = torch.addmm(degree.unsqueeze(1) * b_scale, sums, w_scale.t())
+        agg = torch.addcmul(agg + shift_sum, a, scale_sum)
+        agg = (agg / degree.clamp(min=1).unsqueeze(1)).to(h.dtype)
         return self.out(self.update(torch.cat([h, agg], dim=-1)))
 
 
