@@ -273,9 +273,9 @@ def validate(model: torch.nn.Module, batches: list, cfg: TrainConfig) -> tuple[f
         batch = batch.to(cfg.device)
         with _autocast(cfg):
             delta = forward(model, batch)
-        ours += target_l1(batch.at_targets(delta), batch, change_targets(batch, ctx)).item()
-        base += target_l1(torch.zeros(len(batch.y_slot), batch.seq_len, device=cfg.device), batch,
-                          change_targets(batch, ctx)).item()
+        targets = change_targets(batch, ctx)
+        ours += target_l1(batch.at_targets(delta), batch, targets.clone()).item()  # its padding is overwritten
+        base += target_l1(torch.zeros_like(targets), batch, targets).item()
     model.train()
     return ours / len(batches), base / len(batches)
 

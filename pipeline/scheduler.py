@@ -34,6 +34,7 @@ def describe_failure(err: BaseException) -> str:
     message = lines[-1].strip() if isinstance(err, ray.exceptions.RayError) and lines else ' '.join(lines[:1])
     return f'{type(err).__name__}: {message}'[:500]
 
+
 def worker_host() -> str:
     """Where a Ray task runs: the host name and the Ray node (several nodes may share one host)."""
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
