@@ -87,9 +87,7 @@ class Lease:
         """The lease object, or None when there is none (an unreadable one counts as none)."""
         try:
             return json.loads(self.fs.cat_file(self.path))
-        except FileNotFoundError:
-            return None
-        except (ValueError, UnicodeDecodeError):
+        except (FileNotFoundError, ValueError):  # UnicodeDecodeError is a ValueError
             return None
 
     @staticmethod
