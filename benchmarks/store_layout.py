@@ -1,11 +1,12 @@
 """Store layouts for window reads: bytes on disk, write speed and window-read speed.
 
-    python benchmarks/store_layout.py STORE [--task fm-16] [--trajectory 0] [--stride 50]
+    python benchmarks/store_layout.py STORE [--task fm-16] [--trajectory 0] [--stride 50] [--widths 1536]
 
 Takes one recorded trajectory of a task group of STORE (real states), writes it in each
 candidate layout under runs/bench-layouts/, and reads windows of 45 states `stride` states apart
 (5 inputs + 40 targets, as the paper's loader reads them) with zarr-python, tensorstore and
-`pipeline.shards` (this project's reader for sharded arrays).
+`pipeline.shards` (this project's reader for sharded arrays). `--widths` adds 8-state layouts
+whose inner chunks hold that many parameters (a language model's word-embedding row blocks).
 Ratio is stored bytes over raw float16 bytes; MB/s are of raw float16 states.
 """
 
@@ -32,7 +33,7 @@ def blosc(cname: str, level: int, shuffle: str = 'shuffle') -> list:
     return [BloscCodec(cname=cname, clevel=level, shuffle=shuffle), Crc32cCodec()]
 
 
-def layouts(n_states: int, n_params: int) -> dict[str, dict]:
+def layouts(n_states: int, n_params: int, widths: list[int]) -> dict[str, dict]:
     v1_chunk = max(1, min(n_states, (4 << 20) // (2 * n_params)))
     shard = max(1, min(n_states, (32 << 20) // (2 * n_params)))
     delta = [TimeDeltaCodec(axis=1)]
@@ -44,6 +45,12 @@ def layouts(n_states: int, n_params: int) -> dict[str, dict]:
             states = f'{k} state{"s" if k > 1 else ""} per chunk'
             name = f'shards, {states}, {"delta + " if k > 1 else ""}blosc-{cname}-{level}'
             out[name] = dict(**shards, filters=delta if k > 1 else [], compressors=blosc(cname, level))
+    k = min(8, n_states)
+    for width in [n_params] + widths:
+        cut = f'{width} parameters per chunk' if width < n_params else 'all parameters'
+        out[f'shards, {k} states x {cut}, delta + blosc-zstd-3'] = dict(
+            chunks=(1, k, width), shards=(1, max(k, shard - shard % k), -(-n_params // width) * width),
+            filters=delta, compressors=blosc('zstd', 3))
     return out
 
 
@@ -72,6 +79,7 @@ def main() -> None:
     parser.add_argument('--trajectory', type=int, default=0)
     parser.add_argument('--stride', type=int, default=50, help='states between the states of a window')
     parser.add_argument('--reads', type=int, default=20)
+    parser.add_argument('--widths', default='', help='comma-separated parameters per inner chunk to try')
     args = parser.parse_args()
     import tensorstore as ts
 
@@ -84,7 +92,8 @@ def main() -> None:
           f'({raw / 1e6:.1f} MB raw float16); windows of 45 states {args.stride} apart')
     print('| layout | bytes / raw | write MB/s | window read MB/s: zarr-python | tensorstore | pipeline.shards |')
     print('|---|---:|---:|---:|---:|---:|')
-    for name, kwargs in layouts(n_states, n_params).items():
+    widths = [int(w) for w in args.widths.split(',') if w]
+    for name, kwargs in layouts(n_states, n_params, widths).items():
         path = OUT / args.task / name.split(':')[0].replace(' ', '_').replace(',', '')
         shutil.rmtree(path, ignore_errors=True)
         array = zarr.create_array(str(path), shape=(1, n_states, n_params), dtype='float16', **kwargs)

@@ -6,7 +6,11 @@ start) triples and reads `samples_per_traj` windows from each (shifted by one st
 what the paper's training does. Per window, inputs and targets are scaled with the inputs'
 per-layer statistics; the inputs become edge features, and the Laplacian encoding's signs are
 flipped at random (once per trajectory read) as augmentation. For GPT-2 tasks, `wte_size` rows
-of the word embedding are sampled and each row's token index is kept as the node's `pos_w`.
+of the word embedding are sampled and each row's token index is kept as the node's `pos_w`: by
+default from random blocks of `wte_block` consecutive rows, the chunks a version-2 store keeps a
+large embedding in, so a read decodes only the rows it uses (a 1,000-row sample of the 50,257-row
+GPT-2 embedding touches 16 of 786 chunks, where 1,000 independent rows touch 566); with
+`wte_block=None` rows are drawn independently, as the paper's loader does.
 
 Targets stay in parameter space and unscaled until used: a batch carries each read's raw float16
 states once (not one scaled float32 copy per window), time-major as they are read (a transpose
@@ -20,7 +24,10 @@ auxiliary edges hold none), in a batch about a third the size.
 Featurisation works per trajectory read, on all its windows at once: per-layer sums over the
 input states only (float64, in numpy, so the statistics do not depend on torch's thread count),
 then one scaled slice per window scattered into the edge features. The static parts of each
-task's graph (edge index, types, slot maps, LPE) are built once per process.
+task's graph (edge index, types, slot maps, LPE) are built once per process. Edges carry as many
+feature slots as the batch's widest graph has values per edge (9 for 3x3 convolutions, 1 for MLPs
+and transformers), not always `max_feat_size`: the nowcaster's input layer reads the slots given,
+which is the same map as zeros in the others, so a language-model batch is 9x smaller.
 
 The store is a trajectory store or the published files read in place (`pipeline.published_stream`).
 Batch b is drawn from a generator seeded by (seed, b) alone, so the stream is the same for any
@@ -44,7 +51,7 @@ from nino.scaling import EPS
 
 from .arenas import ArenaPool
 from .published_stream import open_store
-from .store import DamagedChunkError, TaskGroup
+from .store import WTE_CHUNK_ROWS, DamagedChunkError, TaskGroup
 
 #: Consecutive damaged reads after which a batch gives up (the store is then mostly unreadable).
 MAX_SKIPPED_READS = 64
@@ -60,8 +67,9 @@ class WindowConfig:
     samples_per_traj: int = 4
     batch_size: int = 4  # trajectories per batch
     wte_size: int | None = 1000  # word-embedding rows sampled for GPT-2 tasks (None: all)
+    wte_block: int | None = WTE_CHUNK_ROWS  # rows come in random blocks of this many (None: independently)
     lpe: int = 8
-    max_feat_size: int = 9  # edge feature slots (pad to the nowcaster's)
+    max_feat_size: int = 9  # edge feature slots the nowcaster reads at most (a conv's 3x3 kernel)
     lm_global_scale: bool = True  # GPT-2 tasks: one scale for all parameters, as the paper trained
 
 
@@ -74,7 +82,7 @@ class WindowBatch:
     columns `y_src[w, 0]` on of `states`, state rows `y_src[w, 1]` on, scaled with `y_mean` and `y_std`.
     """
 
-    edge_attr: Tensor  # (E, max_feat_size * ctx) scaled input states, feature-slot major
+    edge_attr: Tensor  # (E, feat * ctx) scaled input states, feature-slot major; feat: most values an edge holds
     edge_type: Tensor  # (E,)
     edge_index: Tensor  # (2, E)
     pos: Tensor | None  # (N, lpe) Laplacian encoding, signs flipped per read
@@ -83,7 +91,7 @@ class WindowBatch:
     y_src: Tensor  # (W, 2) first parameter column and first state row of each window's targets in `states`
     y_mean: Tensor  # (Q,) mean its window's inputs give each target parameter's layer
     y_std: Tensor  # (Q,) std + eps of the same
-    y_slot: Tensor  # (Q,) index of each target row's slot in the flat (E * max_feat_size) predictions
+    y_slot: Tensor  # (Q,) index of each target row's slot in the flat (E * feat) predictions
     y_len: Tensor  # (W,) target states each window has (the rest of its seq_len columns are padding)
     window: Tensor  # (W, 4) task index, trajectory, start state, shift
     node_ptr: Tensor  # (W + 1,)
@@ -124,7 +132,7 @@ class WindowBatch:
         return torch.arange(self.seq_len, device=self.y_len.device) < per_row.unsqueeze(1)
 
     def at_targets(self, edge_values: Tensor) -> Tensor:
-        """Per-slot values (E, max_feat_size, ...) -> the rows of the target parameters (Q, ...)."""
+        """Per-slot values (E, feat, ...) -> the rows of the target parameters (Q, ...)."""
         return edge_values.reshape(-1, *edge_values.shape[2:]).index_select(0, self.y_slot)
 
     def last_input(self, ctx: int) -> Tensor:
@@ -155,8 +163,8 @@ class _Task:
     layer_starts: np.ndarray  # first parameter of each scaling layer
     layer_of: Tensor  # (P,) scaling layer of each parameter
     layer_sizes: np.ndarray
-    src_of_slot: Tensor  # (S * E * max_feat_size,) row of `scratch` each edge feature slot of a read copies
-    scratch: Tensor  # (S * P + E * max_feat_size, ctx): the read's scaled inputs, then every slot's fixed value
+    src_of_slot: Tensor  # (S * E * F,) row of `scratch` each edge feature slot of a read copies (F: graph's slots)
+    scratch: Tensor  # (S * P + E * F, ctx): the read's scaled inputs, then every slot's fixed value
     read_edge_index: Tensor  # (2, S * E) the read's windows' edges, node indices offset per window
     read_edge_type: Tensor  # (S * E,)
     read_y_slot: Tensor  # (S, P) flat slot of each parameter, edge slots offset per window
@@ -168,11 +176,13 @@ class WindowStream(IterableDataset):
     def __init__(self, store_url: str, config: WindowConfig = WindowConfig(), tasks: Sequence[str] | None = None,
                  trajectories: dict[str, list[int]] | None = None, seed: int = 0, start: int = 0,
                  shard: tuple[int, int] = (0, 1), storage_options: dict | None = None,
-                 only_done: bool = True) -> None:
+                 only_done: bool = True, read_threads: int = 2) -> None:
         """`trajectories` limits each task to some indices (e.g. to hold some out); `start` is the
         first position (batches already consumed); `shard=(rank, world)` gives each of `world`
         data-parallel processes its own batches: rank r reads batch `p * world + r` at position p.
-        With `only_done`, trajectories the manifest does not mark `done` are never read."""
+        With `only_done`, trajectories the manifest does not mark `done` are never read.
+        `read_threads` threads decompress a read's chunks when batches are built in this process
+        (DataLoader workers use one each: they run side by side already)."""
         super().__init__()
         self.shard = shard
         self.store_url = store_url
@@ -180,6 +190,7 @@ class WindowStream(IterableDataset):
         self.config = config
         self.seed = seed
         self.start = start
+        self.read_threads = read_threads
         store = open_store(store_url, storage_options)
         self.task_names = list(tasks) if tasks else store.task_names()
         done = store.manifest().done() if only_done else None
@@ -214,7 +225,8 @@ class WindowStream(IterableDataset):
     def _open(self) -> dict[str, _Task]:
         """Per-process state: store handle, neural graphs, their LPE and slot maps."""
         if self._tasks is None:
-            store = open_store(self.store_url, self.storage_options)
+            threads = 1 if get_worker_info() is not None else self.read_threads
+            store = open_store(self.store_url, self.storage_options, threads)
             self._tasks = {name: self._task(store.group(name)) for name in self.task_names}
         return self._tasks
 
@@ -236,16 +248,12 @@ class WindowStream(IterableDataset):
         sizes = [int(np.prod(s)) for _, s in layout]
         if is_lm and c.lm_global_scale:
             sizes = [sum(sizes)]
-        # slots of the padded (E, max_feat_size) feature grid; the graph's own grid may be narrower
-        index = torch.full((graph.num_edges, c.max_feat_size), -1, dtype=torch.long)
-        index[:, :graph.max_feat_size] = graph.param_index
-        flat = index.reshape(-1)
+        flat = graph.param_index.reshape(-1)  # slots of the graph's (E, F) feature grid
         slots = torch.nonzero(flat >= 0).flatten()
         slot_of_param = torch.empty(graph.num_params, dtype=torch.long)
         slot_of_param[flat[slots]] = slots
-        aux = graph.edge_features(torch.zeros(graph.num_params, 1)).view(graph.num_edges, graph.max_feat_size)
-        aux_feats = torch.nn.functional.pad(aux, (0, c.max_feat_size - graph.max_feat_size)).reshape(-1, 1)
-        shifts, slots_per_window = c.samples_per_traj, graph.num_edges * c.max_feat_size
+        aux_feats = graph.edge_features(torch.zeros(graph.num_params, 1)).reshape(-1, 1)
+        shifts, slots_per_window = c.samples_per_traj, graph.num_edges * graph.max_feat_size
         scaled_rows = shifts * graph.num_params
         scratch = torch.empty(scaled_rows + slots_per_window, c.ctx)
         scratch[scaled_rows:] = aux_feats
@@ -284,11 +292,12 @@ class WindowStream(IterableDataset):
         ind = np.arange(start, task.group.spec.num_states, task.stride)[:c.seq_len + c.ctx]
         rows = None
         if task.wte_rows:
-            rows = torch.randperm(task.wte_rows, generator=gen)[:c.wte_size].sort().values
+            rows = self._wte_rows(task.wte_rows, gen)
             dim = task.group.layout[0][1][1]
-            cols = (rows.unsqueeze(1) * dim + torch.arange(dim)).flatten().numpy()
-            cols = np.concatenate([cols, np.arange(task.wte_rows * dim, task.group.num_params)])
-            states = task.group.read_states(traj, ind, cols)
+            r = rows.numpy()
+            breaks = np.flatnonzero(np.diff(r) != 1) + 1  # runs of consecutive rows: one span each
+            spans = [(int(a) * dim, (int(b) + 1) * dim) for a, b in zip(r[np.r_[0, breaks]], r[np.r_[breaks - 1, -1]])]
+            states = task.group.read_states(traj, ind, spans + [(task.wte_rows * dim, task.group.num_params)])
         else:
             states = task.group.read_states(traj, ind)
         signs = None
@@ -296,10 +305,26 @@ class WindowStream(IterableDataset):
             signs = torch.randint(0, 2, (1, task.lpe.shape[1]), generator=gen) * 2 - 1
         return dict(task_index=task_index, task=task, traj=traj, start=start, states=states, rows=rows, signs=signs)
 
+    def _wte_rows(self, vocab: int, gen: torch.Generator) -> Tensor:
+        """`wte_size` sorted word-embedding rows of `vocab`: whole blocks of `wte_block` consecutive rows
+        in random order, the last one cut to fit (or, with `wte_block=None`, independent rows)."""
+        size, block = self.config.wte_size, self.config.wte_block
+        if block is None:
+            return torch.randperm(vocab, generator=gen)[:size].sort().values
+        taken, runs = 0, []
+        for b in torch.randperm(-(-vocab // block), generator=gen).tolist():
+            n = min(block, vocab - b * block, size - taken)
+            runs.append(torch.arange(b * block, b * block + n))
+            taken += n
+            if taken == size:
+                break
+        return torch.cat(runs).sort().values
+
     def _assemble(self, reads: list[dict], tasks: dict[str, _Task], skipped: list[str]) -> WindowBatch:
         c = self.config
-        shifts, feat, n_in = c.samples_per_traj, c.max_feat_size, c.ctx + c.samples_per_traj - 1
+        shifts, n_in = c.samples_per_traj, c.ctx + c.samples_per_traj - 1
         graphs = [r['task'].graph for r in reads]
+        feat = max(g.max_feat_size for g in graphs)  # slots per edge: narrower graphs are padded with zeros
         sizes = np.array([(g.num_nodes, g.num_edges, g.num_params) for g in graphs])  # (reads, 3)
         per_read = np.concatenate([np.zeros((1, 3), np.int64), np.cumsum(sizes * shifts, 0)])  # read offsets
         nodes, edges, params = (int(n) for n in per_read[-1])
@@ -337,8 +362,16 @@ class WindowStream(IterableDataset):
             scaled = task.scratch[:shifts * graph.num_params].view(shifts, graph.num_params, c.ctx)
             torch.sub(inputs, m.unsqueeze(2), out=scaled).div_(d.unsqueeze(2))
             e0, e1 = int(per_read[i, 1]), int(per_read[i + 1, 1])
-            torch.index_select(task.scratch, 0, task.src_of_slot, out=edge_attr[e0 * feat:e1 * feat])
-            torch.add(task.read_y_slot, e0 * feat, out=out['y_slot'][q].view(shifts, graph.num_params))
+            y_slot = out['y_slot'][q].view(shifts, graph.num_params)
+            if graph.max_feat_size == feat:
+                torch.index_select(task.scratch, 0, task.src_of_slot, out=edge_attr[e0 * feat:e1 * feat])
+                torch.add(task.read_y_slot, e0 * feat, out=y_slot)
+            else:  # a narrower graph in a wider batch: its slots first, then zeros
+                grid = edge_attr[e0 * feat:e1 * feat].view(e1 - e0, feat, c.ctx)
+                grid[:, graph.max_feat_size:] = 0
+                grid[:, :graph.max_feat_size] = task.scratch[task.src_of_slot].view(e1 - e0, -1, c.ctx)
+                own = task.read_y_slot
+                torch.add(own // graph.max_feat_size * feat + own % graph.max_feat_size, e0 * feat, out=y_slot)
             torch.add(task.read_edge_index, int(per_read[i, 0]), out=out['edge_index'][:, e0:e1])
             out['edge_type'][e0:e1] = task.read_edge_type
             n0, n1 = int(per_read[i, 0]), int(per_read[i + 1, 0])

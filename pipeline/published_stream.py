@@ -47,11 +47,13 @@ def is_published_url(url: str) -> bool:
     return url.startswith((HUB_PREFIX, FSSPEC_PREFIX))
 
 
-def open_store(url: str, storage_options: dict[str, Any] | None = None) -> TrajectoryStore | PublishedStore:
-    """A store for reading: the published files in place, or a trajectory store."""
+def open_store(url: str, storage_options: dict[str, Any] | None = None,
+               read_threads: int = 1) -> TrajectoryStore | PublishedStore:
+    """A store for reading: the published files in place, or a trajectory store (whose reads
+    decompress on `read_threads` threads)."""
     if is_published_url(url):
         return PublishedStore(url, (storage_options or {}).get('cache_dir'))
-    return TrajectoryStore(url, storage_options, mode='r')
+    return TrajectoryStore(url, storage_options, mode='r', read_threads=read_threads)
 
 
 class HubRanges:
@@ -122,8 +124,9 @@ class PublishedGroup:
     def name(self) -> str:
         return self.task.name
 
-    def read_states(self, index: int, states: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
-        """(len(states), n_params or len(columns)) float16 of trajectory `index`."""
+    def read_states(self, index: int, states: np.ndarray, spans: list[tuple[int, int]] | None = None) -> np.ndarray:
+        """(len(states), parameters) float16 of trajectory `index`: every parameter, or the `spans`
+        ([start, stop) ranges) one after another."""
         per_part = self.task.n_traj // self.task.parts
         filename, row = self.task.part_files()[index // per_part], index % per_part
         state_bytes = 2 * self.task.n_params
@@ -132,7 +135,7 @@ class PublishedGroup:
         out = np.empty((len(states), self.task.n_params), np.float16)
         for i, blob in enumerate(blobs):
             out[i] = np.frombuffer(blob, np.float16)
-        return out if columns is None else out[:, columns]
+        return out if spans is None else np.concatenate([out[:, a:b] for a, b in spans], 1)
 
     def _state(self, filename: str, row: int, state: int, state_bytes: int) -> bytes:
         cached = self.cache / filename / str(row) / f'{state}.bin'

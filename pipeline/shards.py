@@ -6,10 +6,10 @@ window needs 45 chunks; tensorstore is fast but cannot decode the time-delta cod
 does exactly what the layout needs and nothing more (measured in docs/benchmarks.md):
 
     shard file = inner chunk bytes ..., index: (chunks, 2) uint64 (offset, nbytes) + CRC32C
-    inner chunk = blosc(bytes(time_delta(k states x n_params float16))) + CRC32C
+    inner chunk = blosc(bytes(time_delta(k states x m parameters float16))) + CRC32C
 
 For each shard it reads the index once (cached), then only the byte ranges of the inner chunks
-holding the states asked for (one `pread` or range request each), checks each CRC32C,
+holding the states and parameter spans asked for (one `pread` or range request each), checks each CRC32C,
 decompresses with blosc and undoes the delta. Any other codec chain is refused at open (callers
 then use zarr-python).
 """
@@ -20,6 +20,7 @@ import json
 import os
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import google_crc32c
@@ -29,7 +30,9 @@ from numcodecs import blosc
 from .codecs import undo_delta
 
 _EMPTY = 2 ** 64 - 1
+_CRC32C_RESIDUE = 0x48674BC7
 MAX_OPEN_FILES = 64  # shard files a local reader keeps open
+MIN_THREADED_BYTES = 4 << 20  # reads decoding less than this stay on one thread (handing off costs more)
 Request = tuple[str, int, int | None]  # (object key, first byte, end byte; a negative first byte counts from the end)
 
 
@@ -38,20 +41,29 @@ class ChunkChecksumError(ValueError):
 
 
 def _crc_ok(data: bytes) -> bool:
-    return google_crc32c.value(data[:-4]) == int.from_bytes(data[-4:], 'little')
+    """Whether `data` ends with the CRC32C of the bytes before it: the CRC32C of a message followed by
+    its own CRC32C (little-endian) is one constant, and only for the right CRC (no copy of the message)."""
+    return google_crc32c.value(data) == _CRC32C_RESIDUE
 
 
 class ShardReader:
     """Reads states of a sharded `params` array (one trajectory per shard row).
 
+    Inner chunks hold `inner_states` states of `inner_params` parameters (all of them, or a block of
+    word-embedding rows for language models: `store.v2_chunking`), so a read decodes only the
+    chunks that hold the states and parameter spans asked for.
     `fetch(requests)` returns the bytes of each (key, start, stop) request: a byte range of the
     object `key` (relative to the array folder; a negative start counts from its end);
     `local_reader` and `fsspec_reader` build it. A read asks for all its chunks in one call, so an
     object store serves them concurrently.
     """
 
-    def __init__(self, metadata: dict, fetch: Callable[[list[Request]], list[bytes]]) -> None:
+    def __init__(self, metadata: dict, fetch: Callable[[list[Request]], list[bytes]], threads: int = 1) -> None:
+        """`threads`: decompress a read's chunks on this many threads."""
         self.fetch = fetch
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._buffer = np.empty(0, '<u2')
         self.shape = tuple(metadata['shape'])
         (sharding,) = metadata['codecs']
         if sharding['name'] != 'sharding_indexed':
@@ -66,51 +78,86 @@ class ShardReader:
             if c['name'] == 'bytes' and c.get('configuration', {}).get('endian', 'little') != 'little':
                 raise ValueError('big-endian chunks are not the version-2 layout')
         self.delta = names[0] == 'nino.time_delta'
-        self.shard_states = metadata['chunk_grid']['configuration']['chunk_shape'][1]
-        self.inner_states = conf['chunk_shape'][1]
-        self.inner_per_shard = self.shard_states // self.inner_states
+        _, self.shard_states, shard_params = metadata['chunk_grid']['configuration']['chunk_shape']
+        _, self.inner_states, self.inner_params = conf['chunk_shape']
+        self.states_per_shard = self.shard_states // self.inner_states  # inner chunks along time, per shard
+        self.params_per_shard = shard_params // self.inner_params  # inner chunks along parameters, per shard
+        self.inner_per_shard = self.states_per_shard * self.params_per_shard
         self.n_params = self.shape[2]
-        self._index: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        self._index: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
 
-    def read(self, traj: int, states: np.ndarray) -> np.ndarray:
-        """(len(states), n_params) float16; states never written read as NaN."""
+    def read(self, traj: int, states: np.ndarray, spans: list[tuple[int, int]] | None = None) -> np.ndarray:
+        """(len(states), parameters) float16: every parameter, or the `spans` ([start, stop) ranges of
+        parameters) one after another. States never written read as NaN.
+
+        Per chunk along time, the parameter chunks asked for are decoded side by side, the delta is
+        undone across all of them at once, and each span's piece in each chunk is copied out as a slice."""
         states = [int(s) for s in states]
-        out = np.empty((len(states), self.n_params), '<u2')
-        rows_of: dict[int, list[int]] = {}  # inner chunk -> rows of `out` it fills
+        spans = [(0, self.n_params)] if spans is None else spans
+        out = np.empty((len(states), sum(b - a for a, b in spans)), '<u2')
+        width = self.inner_params
+        chunks = sorted({p for a, b in spans for p in range(a // width, (b - 1) // width + 1)})
+        slot = {p: j for j, p in enumerate(chunks)}
+        pieces = []  # (chunk position in `chunks`, first, stop, column of `out`): the spans cut at chunk edges
+        column = 0
+        for a, b in spans:
+            for p in range(a // width, (b - 1) // width + 1):
+                first, stop = max(a, p * width), min(b, (p + 1) * width)
+                pieces.append((slot[p], first - p * width, stop - p * width, column + first - a))
+            column += b - a
+        rows_of: dict[int, list[int]] = {}  # chunk along time -> rows of `out` it fills
         for row, state in enumerate(states):
             rows_of.setdefault(state // self.inner_states, []).append(row)
-        chunks_of: dict[int, list[int]] = {}  # shard -> its inner chunks asked for
-        for chunk in rows_of:
-            chunks_of.setdefault(chunk // self.inner_per_shard, []).append(chunk)
-        plan = []  # (chunk, key, offset, nbytes) of every chunk asked for
-        for shard, chunks in chunks_of.items():
-            key = f'c/{traj}/{shard}/0'
-            index = self._shard_index(traj, shard, key)
-            plan += [(c, key, *index[c % self.inner_per_shard]) if index is not None else (c, key, _EMPTY, 0)
-                     for c in chunks]
-        requests = [(key, o, o + n) for _, key, o, n in plan if o != _EMPTY]
-        blobs = iter(self.fetch(requests) if requests else [])
-        for chunk, key, offset, _ in plan:
-            rows = rows_of[chunk]
+        plan = []  # (key, offset, nbytes) of every chunk asked for: time chunk-major, then `chunks`
+        for t in rows_of:
+            for p in chunks:
+                shard = (t // self.states_per_shard, p // self.params_per_shard)
+                key = f'c/{traj}/{shard[0]}/{shard[1]}'
+                index = self._shard_index(traj, shard, key)
+                inner = (t % self.states_per_shard) * self.params_per_shard + p % self.params_per_shard
+                plan.append((key, *(index[inner] if index is not None else (_EMPTY, 0))))
+        blobs = iter(self.fetch([(key, o, o + n) for key, o, n in plan if o != _EMPTY]))
+        sides = self._scratch((len(rows_of), len(chunks), self.inner_states, width))  # chunks side by side
+        times = list(rows_of)
+        jobs, empty = [], []
+        for i, (key, offset, _) in enumerate(plan):
+            t, j = divmod(i, len(chunks))
             if offset == _EMPTY:  # never written: the fill value
-                out[rows] = np.float16(np.nan).view('<u2')
-                continue
-            block = self._decode(next(blobs), key, chunk)
-            used = [states[row] - chunk * self.inner_states for row in rows]  # positions in the chunk
+                empty.append((t, j))
+            else:
+                jobs.append((next(blobs), key, (times[t], chunks[j]), sides[t, j]))
+        self._decode_all(jobs)
+        nan = np.float16(np.nan).view('<u2')
+        for i, ((t, rows), side) in enumerate(zip(rows_of.items(), sides)):
+            used = [states[row] - t * self.inner_states for row in rows]  # positions in the chunk
             last = max(used)
-            if self.delta and last and len(rows) == 1:  # one state: its last delta add writes the output
-                undo_delta(block[:last], 0)
-                np.add(block[last - 1], block[last], out=out[rows[0]])
+            holes = [j for u, j in empty if u == i] if empty else []
+            if self.delta and last and len(used) == 1 and not holes:  # one state: its last delta add writes it
+                if last > 1:
+                    undo_delta(side[:, :last], 1)
+                for j, first, stop, dst in pieces:
+                    into = out[rows[0], dst:dst + stop - first]
+                    np.add(side[j, last - 1, first:stop], side[j, last, first:stop], out=into)
                 continue
-            if self.delta:
-                undo_delta(block[:last + 1], 0)
-            for row, k in zip(rows, used):
-                out[row] = block[k]
+            if self.delta and last:
+                undo_delta(side[:, :last + 1], 1)
+            if holes:
+                side[holes] = nan
+            rows, used = _slice(rows), _slice(used)
+            for j, first, stop, dst in pieces:
+                out[rows, dst:dst + stop - first] = side[j, used, first:stop]
         return out.view(np.float16)
 
-    def _shard_index(self, traj: int, shard: int, key: str) -> list[tuple[int, int]] | None:
+    def _scratch(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A reused buffer for the decoded chunks of one read (fresh pages cost more than decoding)."""
+        size = int(np.prod(shape))
+        if self._buffer.size < size:
+            self._buffer = np.empty(size, '<u2')
+        return self._buffer[:size].reshape(shape)
+
+    def _shard_index(self, traj: int, shard: tuple[int, int], key: str) -> list[tuple[int, int]] | None:
         """The shard's (offset, length) of each inner chunk, or None for a shard never written."""
-        index = self._index.get((traj, shard))
+        index = self._index.get((traj, *shard))
         if index is None:
             size = self.inner_per_shard * 16 + 4
             try:
@@ -120,20 +167,36 @@ class ShardReader:
             if len(raw) != size or not _crc_ok(raw):
                 raise ChunkChecksumError(f'{key}: shard index does not match its CRC32C')
             pairs = np.frombuffer(raw[:-4], '<u8').reshape(self.inner_per_shard, 2).tolist()
-            index = self._index[(traj, shard)] = [tuple(p) for p in pairs]
+            index = self._index[(traj, *shard)] = [tuple(p) for p in pairs]
         return index
 
-    def _decode(self, data: bytes, key: str, chunk: int) -> np.ndarray:
-        """The chunk's states as float16 bit patterns, still delta-coded (callers undo the delta
-        along the states they use)."""
-        if not _crc_ok(data):
-            raise ChunkChecksumError(f'{key}: inner chunk {chunk % self.inner_per_shard} does not match its CRC32C')
-        bits = np.empty((self.inner_states, self.n_params), '<u2')
-        blosc.decompress(memoryview(data)[:-4], bits)
-        return bits
+    def _decode_all(self, jobs: list[tuple[bytes, str, tuple[int, int], np.ndarray]]) -> None:
+        """Check and decompress each (bytes, key, (time chunk, parameter chunk), output) job; with `threads` > 1 the
+        jobs of a large read are split between that many threads (blosc decompresses without the GIL)."""
+        if self.threads > 1 and sum(out.nbytes for *_, out in jobs) >= MIN_THREADED_BYTES:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads)
+            list(self._pool.map(self._decode, [jobs[i::self.threads] for i in range(self.threads)]))
+        else:
+            self._decode(jobs)
+
+    def _decode(self, jobs: list[tuple[bytes, str, tuple[int, int], np.ndarray]]) -> None:
+        for data, key, (t, p), out in jobs:
+            if not _crc_ok(data):
+                first, size = t * self.inner_states, self.inner_params
+                raise ChunkChecksumError(f'{key}: the chunk of states {first}-{first + self.inner_states - 1}, '
+                                         f'parameters {p * size}-{(p + 1) * size - 1} does not match its CRC32C')
+            blosc.decompress(memoryview(data)[:-4], out)
 
 
-def local_reader(folder: Path, max_open: int = MAX_OPEN_FILES) -> ShardReader:
+def _slice(positions: list[int]) -> slice | list[int]:
+    """Consecutive positions as a slice (a view, no copy), others as they are."""
+    if all(b - a == 1 for a, b in zip(positions, positions[1:])):
+        return slice(positions[0], positions[-1] + 1)
+    return positions
+
+
+def local_reader(folder: Path, max_open: int = MAX_OPEN_FILES, threads: int = 1) -> ShardReader:
     """A reader for a params array folder on local disk; the `max_open` most recently read shard files stay
     open (the published dataset converted is thousands of shards, more than a process may open)."""
     handles: OrderedDict[str, int] = OrderedDict()
@@ -153,10 +216,10 @@ def local_reader(folder: Path, max_open: int = MAX_OPEN_FILES) -> ShardReader:
             out.append(os.pread(fd, stop - start, start))
         return out
 
-    return ShardReader(json.loads((folder / 'zarr.json').read_text()), fetch)
+    return ShardReader(json.loads((folder / 'zarr.json').read_text()), fetch, threads)
 
 
-def fsspec_reader(fs, path: str) -> ShardReader:
+def fsspec_reader(fs, path: str, threads: int = 1) -> ShardReader:
     """A reader for a params array at `path` on an fsspec file system: the ranges of a read are fetched
     with one `cat_ranges` call (concurrent requests on object stores)."""
     def fetch(requests: list[Request]) -> list[bytes]:
@@ -174,4 +237,4 @@ def fsspec_reader(fs, path: str) -> ShardReader:
                 raise blob
         return blobs
 
-    return ShardReader(json.loads(fs.cat_file(f'{path}/zarr.json')), fetch)
+    return ShardReader(json.loads(fs.cat_file(f'{path}/zarr.json')), fetch, threads)

@@ -63,6 +63,10 @@ PARAMS_CODECS: dict[str, tuple[list, list]] = {
 DEFAULT_PARAMS_CODEC = 'delta-blosc-zstd-shuffle'
 #: Optimizer steps between the states of the paper's training windows: version 2 lays chunks out for it.
 WINDOW_STEP_HINT = 200
+#: Word-embedding rows per inner chunk of a version-2 language task (the loader's row blocks), for
+#: embeddings of more than WTE_CHUNK_ROWS_MIN rows (fewer are read whole).
+WTE_CHUNK_ROWS = 64
+WTE_CHUNK_ROWS_MIN = 1024
 #: Dataset location fields: machine-specific, so not compared when a store is reopened.
 _LOCATION_FIELDS = ('root', 'path')
 
@@ -80,19 +84,32 @@ def chunk_states(n_states: int, n_params: int, target: int | None = None) -> int
     return max(1, min(n_states, (target or CHUNK_BYTES) // (2 * n_params)))
 
 
-def v2_chunking(n_states: int, record_every: int) -> tuple[int, str]:
-    """(states per inner chunk, params codec) of a version-2 task group, chosen by measurement
-    (benchmarks/store_layout.py, docs/store-format.md).
+def v2_chunking(n_states: int, record_every: int, layout: list[tuple[str, tuple[int, ...]]]) -> tuple[int, int, str]:
+    """(states per inner chunk, parameters per inner chunk, params codec) of a version-2 task group,
+    chosen by measurement (benchmarks/store_layout.py, docs/store-format.md).
 
     Windows that skip states (vision: recorded every 4 steps, read 200 apart) get pairs of states,
     delta-coded, lz4hc: 0.77-0.79 of raw on real FM-16 states, decoding at ~4.6 GB/s and at most
     one extra state per state read. Windows that read consecutive states (language models, recorded
     every 200 steps) get 8 states per chunk, delta-coded, zstd: 0.79 of raw on real GPT-2 states
     (0.82 with 4, 0.78 with 16; longer chunks decode more states a window does not use).
+    Inner chunks span every parameter, except for a word embedding of more than WTE_CHUNK_ROWS_MIN
+    rows (the loader samples its rows): there they span WTE_CHUNK_ROWS rows (the rest of the
+    parameters in chunks of the same size), so a read of a few sampled row blocks decodes those.
     """
+    n_params = sum(int(np.prod(s)) for _, s in layout)
+    name, shape = layout[0]
+    width = n_params
+    if name.endswith('wte.weight') and len(shape) == 2 and shape[0] > WTE_CHUNK_ROWS_MIN:
+        width = WTE_CHUNK_ROWS * shape[1]
     if WINDOW_STEP_HINT // record_every > 1:
-        return min(n_states, 2), 'delta-blosc-lz4hc-shuffle'
-    return min(n_states, 8), 'delta-blosc-zstd-shuffle'
+        return min(n_states, 2), width, 'delta-blosc-lz4hc-shuffle'
+    return min(n_states, 8), width, 'delta-blosc-zstd-shuffle'
+
+
+def span_columns(spans: list[tuple[int, int]]) -> np.ndarray:
+    """The parameter indices of [start, stop) spans, in order."""
+    return np.concatenate([np.arange(a, b) for a, b in spans]) if spans else np.zeros(0, np.int64)
 
 
 def _local_path(url: str) -> Path | None:
@@ -155,16 +172,16 @@ class TaskGroup:
             states = np.arange(self.params.shape[1])[states]
         return self.read_states(index, states)
 
-    def read_states(self, index: int, states: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
-        """(len(states), n_params or len(columns)) float16 of one trajectory; only the chunks that hold
-        those states are read. A damaged chunk raises `DamagedChunkError` naming it."""
+    def read_states(self, index: int, states: np.ndarray, spans: list[tuple[int, int]] | None = None) -> np.ndarray:
+        """(len(states), parameters) float16 of one trajectory: every parameter, or the `spans`
+        ([start, stop) ranges of parameters) one after another. Only the chunks that hold them are
+        read. A damaged chunk raises `DamagedChunkError` naming it."""
         try:
             if self._reader is not None:
-                out = self._reader.read(index, states)
-                return out if columns is None else out[:, columns]
-            if columns is None:
+                return self._reader.read(index, states, spans)
+            if spans is None:
                 return self.params.get_orthogonal_selection((index, states, slice(None)))
-            return self.params.get_orthogonal_selection((index, states, columns))
+            return self.params.get_orthogonal_selection((index, states, span_columns(spans)))
         except (ValueError, RuntimeError) as err:
             raise self._damaged(index, states, err) from None
 
@@ -195,9 +212,11 @@ class TrajectoryStore:
     """Open (creating if needed) a trajectory store at a local path or fsspec URL."""
 
     def __init__(self, url: str | Path, storage_options: dict[str, Any] | None = None, mode: str = 'a',
-                 version: int = VERSION) -> None:
-        """`version` is the layout of a store created here; an existing store keeps its own."""
+                 version: int = VERSION, read_threads: int = 1) -> None:
+        """`version` is the layout of a store created here; an existing store keeps its own.
+        `read_threads`: threads decompressing the chunks of one read (version 2, local or fsspec)."""
         self.url = str(url)
+        self.read_threads = read_threads
         self.storage_options = storage_options or {}
         self.hub: HubStore | None = None
         if self.url.startswith(HUB_PREFIX):
@@ -251,10 +270,10 @@ class TrajectoryStore:
             local = _local_path(self.url)
             try:
                 if local is not None:
-                    reader = local_reader(local / name / 'params')
+                    reader = local_reader(local / name / 'params', threads=self.read_threads)
                 else:
                     fs, path = self._fs_path()
-                    reader = fsspec_reader(fs, f'{path}/{name}/params')
+                    reader = fsspec_reader(fs, f'{path}/{name}/params', self.read_threads)
             except ValueError:  # another codec chain: zarr-python reads it
                 reader = None
         return TaskGroup(group, reader)
@@ -274,14 +293,15 @@ class TrajectoryStore:
             return group
         n_params = sum(int(np.prod(s)) for _, s in layout)
         n_states = spec.num_states
-        inner, v2_codec = v2_chunking(n_states, spec.record_every)
+        inner, width, v2_codec = v2_chunking(n_states, spec.record_every, layout)
         codec = codec or (v2_codec if self.version >= 2 else DEFAULT_PARAMS_CODEC)
         if codec not in PARAMS_CODECS:
             raise StoreError(f'unknown params codec {codec!r} (known: {sorted(PARAMS_CODECS)})')
         filters, compressors = PARAMS_CODECS[codec]
         if self.version >= 2:
             shard = chunk_states(n_states, n_params, SHARD_BYTES)
-            blocks = dict(chunks=(1, inner, n_params), shards=(1, max(inner, shard - shard % inner), n_params))
+            blocks = dict(chunks=(1, inner, width),
+                          shards=(1, max(inner, shard - shard % inner), -(-n_params // width) * width))
         else:
             blocks = dict(chunks=(1, chunk_states(n_states, n_params), n_params))
         g = self.root.create_group(spec.name)

@@ -63,19 +63,26 @@ def test_windows_of_one_trajectory_share_the_lpe_signs(small_store):
     assert len(flips) > 1
 
 
-def test_gpt2_windows_sample_word_embedding_rows(small_store):
+@pytest.mark.parametrize('block', [64, None])
+def test_gpt2_windows_sample_word_embedding_rows(small_store, block):
     stream = WindowStream(str(small_store), WindowConfig(step=8, seq_len=10, samples_per_traj=2, batch_size=1,
-                                                         wte_size=100), tasks=['lm-3-24'], seed=0)
+                                                         wte_size=100, wte_block=block), tasks=['lm-3-24'], seed=0)
     group = TrajectoryStore(small_store, mode='r').group('lm-3-24')
     g = windows_of(stream.batch(0))[0]
     rows = g.pos_w[:100] - 1
     assert bool((rows[1:] > rows[:-1]).all()) and int(rows.max()) < 256 and (g.pos_w[100:] == 0).all()
+    blocks = sorted(set((rows // 64).tolist()))
+    if block:  # one whole block of 64 rows and the first 36 rows of another
+        runs = sorted(int((rows // 64 == b).sum()) for b in blocks)
+        assert runs == [36, 64] and all(int(rows[rows // 64 == b].min()) == 64 * b for b in blocks)
+    else:  # independent rows, as the paper draws them: 100 of 256 rows fall in every block of 64
+        assert blocks == [0, 1, 2, 3]
     _, traj, start, shift = g.window.tolist()
     inputs = group.read_params(traj, start + 2 * np.arange(shift, shift + 5)).astype(np.float64)  # stride 2
     cols = np.concatenate([(rows.numpy()[:, None] * 24 + np.arange(24)).ravel(), np.arange(256 * 24, 29400)])
     sampled = inputs[:, cols]  # the GPT-2 is scaled globally over the sampled parameters, as trained
     expected = (sampled[-1, :100 * 24] - sampled.mean()) / (sampled.std(ddof=1) + 1e-6)
-    edge_wte = g.edge_attr[g.edge_type == EdgeType.WORD_EMBEDDING].view(100, 24, 9, 5)[:, :, 0, -1]
+    edge_wte = g.edge_attr[g.edge_type == EdgeType.WORD_EMBEDDING].view(100, 24, 5)[:, :, -1]  # one slot
     assert np.allclose(edge_wte.numpy().ravel(), expected, atol=1e-5)
 
 
@@ -223,3 +230,25 @@ def test_a_damaged_read_is_skipped_and_named(small_store, tmp_path):
     assert skipped and all(f"task 'fm-16', trajectory 2: chunk {key}" in s for s in skipped)
     again = WindowStream(str(store_path), CFG, tasks=['fm-16'], seed=0)
     assert torch.equal(stream.batch(3).targets(), again.batch(3).targets())
+
+
+def test_mixed_batches_pad_narrower_graphs_and_the_nowcaster_reads_either_width(small_store):
+    from nino.model import NiNoConfig, build_nowcaster
+    stream = WindowStream(str(small_store), CFG, seed=5)
+    batch = next(b for b in map(stream.batch, range(20)) if len(set(b.window[:, 0].tolist())) == 2)
+    feat = batch.edge_attr.shape[1] // CFG.ctx
+    assert feat == 9  # the convnet's 3x3 kernels set the width; the GPT-2 windows are padded
+    for w in windows_of(batch):
+        graph = stream._open()[stream.task_names[int(w.window[0])]].graph
+        grid = w.edge_attr.view(-1, feat, CFG.ctx)
+        assert not grid[:, graph.max_feat_size:].any()
+        edge, slot = w.y_slot // feat, w.y_slot % feat
+        assert torch.equal(graph.param_index[edge, slot], torch.arange(graph.num_params))
+    lm = WindowStream(str(small_store), CFG, tasks=['lm-3-24'], seed=5).batch(0)
+    assert lm.edge_attr.shape[1] == CFG.ctx  # one value per edge: no padding
+    model = build_nowcaster(NiNoConfig(hid=16, layers=2, seq_len=CFG.seq_len)).eval()
+    padded = torch.nn.functional.pad(lm.edge_attr, (0, 8 * CFG.ctx))
+    with torch.no_grad():
+        narrow = model(lm.edge_attr, lm.edge_type, lm.edge_index, lm.pos, lm.pos_w)
+        wide = model(padded, lm.edge_type, lm.edge_index, lm.pos, lm.pos_w)[:, :1]
+    assert torch.allclose(narrow, wide, atol=1e-6)

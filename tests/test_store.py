@@ -9,7 +9,16 @@ import pytest
 
 from pipeline.manifest import ManifestError
 from pipeline.record import METRICS
-from pipeline.store import PARAMS_CODECS, DamagedChunkError, StoreError, TrajectoryStore, chunk_states
+from pipeline.shards import local_reader
+from pipeline.store import (
+    PARAMS_CODECS,
+    DamagedChunkError,
+    StoreError,
+    TaskGroup,
+    TrajectoryStore,
+    chunk_states,
+    span_columns,
+)
 from pipeline.tasks import TaskSpec
 
 LAYOUT = [('a.weight', (30, 20)), ('a.bias', (30,))]
@@ -112,11 +121,40 @@ def test_version_2_reads_touch_only_the_states_asked_for(tmp_path, monkeypatch):
                     for p in (tmp_path / 's' / 'toy' / 'params' / 'c').rglob('*') if p.is_file())
     assert shards == ['c/1/0/0', 'c/1/1/0', 'c/1/2/0']  # one file per trajectory span
     ind = np.arange(3, 101, 20)
-    cols = np.array([5, 7, 600])
+    spans = [(5, 6), (7, 8), (600, 630)]
+    cols = np.r_[5, 7, 600:630]
     assert group._reader is not None  # local version-2 stores are read by pipeline.shards
     assert np.array_equal(group.read_states(1, ind).view(np.uint16), x[ind].view(np.uint16))
-    assert np.array_equal(group.read_states(1, ind, cols).view(np.uint16), x[ind][:, cols].view(np.uint16))
+    assert np.array_equal(group.read_states(1, ind, spans).view(np.uint16), x[ind][:, cols].view(np.uint16))
     assert group.chunk_key(1, 85) == 'toy/params/c/1/2/0'
+
+
+def test_a_large_word_embedding_is_chunked_in_row_blocks_and_read_by_spans(tmp_path):
+    vocab, dim = 1100, 3  # more rows than WTE_CHUNK_ROWS_MIN: inner chunks of 64 rows x 3
+    layout = [('transformer.wte.weight', (vocab, dim)), ('transformer.h.0.mlp.weight', (7, 41))]
+    spec = _spec(name='lm', steps=3000, record_every=200, eval_every=400)  # 16 states, consecutive windows
+    group = TrajectoryStore(tmp_path / 's').ensure_group(spec, layout, list(METRICS))
+    n = vocab * dim + 7 * 41
+    assert group.params.chunks == (1, 8, 64 * dim) and group.params.shards == (1, 16, -(-n // 192) * 192)
+    rng = np.random.default_rng(3)
+    x = np.cumsum(rng.normal(0, 0.01, (16, n)), axis=0).astype(np.float16)
+    group.write_states(1, 0, x)
+    group.write_states(2, 0, x[:8])  # half a shard: its second chunk along time is never written
+    fast = TrajectoryStore(tmp_path / 's', mode='r').group('lm')
+    slow = TaskGroup(fast.group)  # zarr-python
+    threaded = TaskGroup(fast.group, local_reader(tmp_path / 's' / 'lm' / 'params', threads=2))
+    assert fast._reader is not None and fast._reader.params_per_shard == -(-n // 192)
+    blocks = [(64 * 3 * dim, 64 * 4 * dim), (1088 * dim, n)]  # a row block; the last, short one and the rest
+    many = [(3 * r, 3 * r + 3) for r in range(0, 1100, 7)]  # independently sampled rows
+    for spans in (None, blocks, many, [(0, 1), (n - 1, n)]):
+        cols = np.arange(n) if spans is None else span_columns(spans)
+        for ind in (np.arange(16), np.array([3]), np.array([0, 9, 15]), np.arange(5, 12)):
+            want = x[ind][:, cols].view(np.uint16)
+            for reader in (fast, slow, threaded):
+                assert np.array_equal(reader.read_states(1, ind, spans).view(np.uint16), want)
+            half = fast.read_states(2, ind, spans)
+            assert np.array_equal(half[ind < 8].view(np.uint16), want[ind < 8]) and np.isnan(half[ind >= 8]).all()
+    assert np.isnan(fast.read_states(0, np.arange(16), blocks)).all()  # never written
 
 
 def test_version_1_stores_stay_readable_and_appendable(tmp_path):
