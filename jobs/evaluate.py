@@ -6,7 +6,8 @@ optimizer alone ('adam'), with each nowcaster checkpoint (named after its file),
 linear-extrapolation baseline ('linear'); same initial weights and batches for all methods.
 Each finished run is saved under OUT/runs/ and skipped by a rerun; its file name carries a digest of
 the task spec, the period and the checkpoint's bytes, so a changed config or a retrained checkpoint
-is run again rather than read stale. `--period N` overrides every task's period. Outputs in OUT: curves.json,
+is run again rather than read stale. `--period N` overrides every task's period; `--guard N` adds each
+nowcaster guarded (`nino.NiNo(guard=...)`, scoring N training batches; method NAME+guardN). Outputs in OUT: curves.json,
 curves.csv, summary.md (the speedup table), speedups.csv, curves_<task>.png, speedup.png.
 
 The config lists tasks (task-spec entries, as in collection configs) with a `target` value per
@@ -35,7 +36,7 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
-from nino.evaluation import BASE, LINEAR, Curve, load_curve, method_nowcaster, metric_of, run_curve, speedups
+from nino.evaluation import BASE, GUARD, LINEAR, Curve, load_curve, method_nowcaster, metric_of, run_curve, speedups
 from pipeline.scheduler import describe_failure
 from pipeline.tasks import ConfigError, TaskSpec, expand_task, read_config_file
 from pipeline.watchdog import init_ray
@@ -109,7 +110,7 @@ def check_periods(task_list: list[tuple[TaskSpec, int, float]], methods: dict[st
 
 def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | None = None,
              tasks: list[str] | None = None, address: str | None = None, baselines: bool = True,
-             progress: bool = True, period: int | None = None) -> tuple[list[Curve], str]:
+             progress: bool = True, period: int | None = None, guard: int = 0) -> tuple[list[Curve], str]:
     """Run (or finish) the evaluation grid; write outputs; return the curves and the table."""
     cfg, task_list = load_eval_config(config)
     if period is not None:
@@ -131,6 +132,8 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
         if not Path(ckpt).is_file():
             raise ConfigError(f'nowcaster checkpoint not found: {ckpt}')
         methods[name] = str(Path(ckpt).resolve())
+        if guard:
+            methods[f'{name}{GUARD}{guard}'] = methods[name]
     if baselines:
         methods[LINEAR] = None
     check_periods(task_list, methods)
@@ -181,12 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--no-baselines', action='store_true', help='skip the linear-extrapolation baseline')
     parser.add_argument('--period', type=int, default=None, help="steps between nowcasts for every task "
                                                                  "(default: each task's 'period')")
+    parser.add_argument('--guard', type=int, default=0, help='also run each nowcaster guarded, scoring this '
+                                                             'many training batches per candidate')
     args = parser.parse_args(argv)
     try:
         _, table = evaluate(args.config, args.out, [c for c in args.nino.split(',') if c], args.seeds,
                             args.tasks.split(',') if args.tasks else None,
                             args.address or os.environ.get('RAY_ADDRESS'), not args.no_baselines,
-                            period=args.period)
+                            period=args.period, guard=args.guard)
     except ConfigError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

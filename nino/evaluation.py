@@ -31,6 +31,7 @@ from .optimizer import NiNo
 
 BASE = 'adam'
 LINEAR = 'linear'
+GUARD = '+guard'  # method suffix: NAME+guardN is nowcaster NAME with a guard scoring N training batches
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Curve:
     steps: list[int]
     values: list[float]
     nowcast_steps: list[int] = field(default_factory=list)
+    rejected_steps: list[int] = field(default_factory=list)  # nowcasts turned down (base optimizer stepped)
     init_checksum: str = ''
     batch_checksum: str = ''
     wall_time: float = 0.0
@@ -52,8 +54,17 @@ class Curve:
         return asdict(self)
 
 
+def split_guard(method: str) -> tuple[str, int]:
+    """(nowcaster method, guard batches): 'nino_mlp+guard4' -> ('nino_mlp', 4); no guard -> 0."""
+    name, _, count = method.partition(GUARD)
+    if count and not count.isdigit():
+        raise ValueError(f'method {method!r}: expected NAME{GUARD}N with N training batches')
+    return name, int(count or 0)
+
+
 def method_nowcaster(method: str, ckpt: str | None, seq_len: int = 40) -> Nowcaster | None:
     """The nowcaster a method uses: None for the base optimizer, a baseline, or a checkpoint."""
+    method = split_guard(method)[0]
     if method == BASE:
         return None
     if method == LINEAR:
@@ -80,7 +91,9 @@ def metric_of(spec: TaskSpec) -> str:
 
 def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | None, period: int,
               lr: float | None = None) -> Curve:
-    """Train `spec` from `seed` for `spec.steps` steps with the method; evaluate every `eval_every`."""
+    """Train `spec` from `seed` for `spec.steps` steps with the method; evaluate every `eval_every`.
+    A guarded method (`NAME+guardN`) scores each nowcast on N training batches drawn once from
+    their own generator (the same batches for every candidate and every nowcast)."""
     start = time.time()
     data = load_dataset(spec.dataset, spec.arch.get('vocab_size'))
     metric = metric_of(spec)
@@ -90,7 +103,14 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
         model = build_model(spec.arch).train()
         init = hashlib.sha256(torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().tobytes())
         base = make_optimizer(spec.optimizer, model.parameters(), lr, spec.weight_decay)
-        opt = NiNo(base, model, ckpt=nowcaster, period=period, max_train_steps=spec.steps)
+        guard_set = [data.train_batch(spec.batch_size, torch.Generator().manual_seed(seed + 7919 * (i + 1)))
+                     for i in range(split_guard(method)[1])]
+
+        def guard() -> float:
+            return float(np.mean([loss_and_correct(model, x, y)[0].item() for x, y in guard_set]))
+
+        opt = NiNo(base, model, ckpt=nowcaster, period=period, max_train_steps=spec.steps,
+                   guard=guard if guard_set else None)
         gen = torch.Generator().manual_seed(seed)
         batches = hashlib.sha256()
         curve = Curve(spec.name, seed, method, metric, [], [], init_checksum=init.hexdigest())
@@ -104,7 +124,7 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
         for step in range(1, spec.steps + 1):
             x, y = data.train_batch(spec.batch_size, gen)
             batches.update(y.numpy().tobytes())
-            nowcasts = opt.num_nowcasts
+            nowcasts, rejected = opt.num_nowcasts, opt.num_rejected
             if opt.need_grads:
                 loss, _ = loss_and_correct(model, x, y)
                 opt.zero_grad()
@@ -112,6 +132,8 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
             opt.step()
             if opt.num_nowcasts > nowcasts:
                 curve.nowcast_steps.append(step)
+            if opt.num_rejected > rejected:
+                curve.rejected_steps.append(step)
             if step % spec.eval_every == 0 or step == spec.steps:
                 record(step)
     curve.batch_checksum = batches.hexdigest()

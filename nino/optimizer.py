@@ -5,14 +5,23 @@ at the ctx-th record it runs the nowcaster instead of the base optimizer's step 
 predicted parameters into the model. The neural graph holds every parameter of the model, but
 only those the base optimizer optimises (its param groups) are written: frozen parameters keep
 their values (the paper's code overwrites them too). The horizon k decays over training from `seq_len` (40) to 1:
-k_i = round(linspace(sqrt(40), 1, max_train_steps // period) ** 2)[i] for the i-th period.
+k_i = round(linspace(40 ** (1 / p), 1, max_train_steps // period) ** p)[i] for the i-th period (p = 2
+by default, as the paper), and `upd_scale` scales the predicted change (the paper's knob).
+
+A guard (`guard=`, no published nowcaster has one) makes a nowcast safe to take: it scores the
+current parameters and candidates along the predicted change (`guard_scales`, e.g. the whole
+change, half, a quarter) with a user-given loss, writes the best candidate only if it beats the
+current parameters by `guard_margin`, and otherwise lets the base optimizer take the step. Each
+decision is kept in `guard_history` (and in the state dict); the cost is 1 + len(guard_scales)
+calls of the loss per nowcast.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +36,11 @@ from .scaling import scale_states, unscale_states
 log = logging.getLogger(__name__)
 
 
-def k_schedule(seq_len: int, max_train_steps: int, period: int) -> np.ndarray:
-    """Horizon of each nowcast: decays from seq_len to 1 (quadratically in the step index)."""
+def k_schedule(seq_len: int, max_train_steps: int, period: int, power: float = 2.0) -> np.ndarray:
+    """Horizon of each nowcast: decays from seq_len to 1 (as the `power` of the step index; the higher,
+    the faster)."""
     n = max(1, max_train_steps // period)
-    return (np.linspace(seq_len ** 0.5, 1, num=n) ** 2).round().astype(np.int64)
+    return (np.linspace(seq_len ** (1 / power), 1, num=n) ** power).round().astype(np.int64)
 
 
 class NiNo(torch.optim.Optimizer):
@@ -49,19 +59,35 @@ class NiNo(torch.optim.Optimizer):
         device: where the nowcaster runs and states are kept (default: the model's device).
         num_heads: attention heads of a GPT-2 that has no `config.n_head`.
         lpe: a precomputed Laplacian positional encoding (num_nodes, k) to use instead of computing one.
+        upd_scale: factor on the predicted change (1: the prediction as it is).
+        k_power: power of the decay of the horizon k over training (2, as the paper).
+        guard: a callable returning a loss of the model as it is when called (e.g. on a few held-out
+            or fresh training batches; it runs under `torch.no_grad()`); None: every nowcast is taken.
+        guard_scales: candidates the guard scores: the current parameters plus each scale times the
+            predicted change.
+        guard_margin: how much lower than the current parameters' loss a candidate's must be.
     """
 
     def __init__(self, base_opt: torch.optim.Optimizer, model: nn.Module,
                  ckpt: str | Path | Nowcaster | None = None, period: int = 1000,
                  max_train_steps: int = 10000, device: str | torch.device | None = None,
-                 num_heads: int | None = None, lpe: Tensor | None = None) -> None:
+                 num_heads: int | None = None, lpe: Tensor | None = None, upd_scale: float = 1.0,
+                 k_power: float = 2.0, guard: Callable[[], float | Tensor] | None = None,
+                 guard_scales: Sequence[float] = (1.0, 0.5, 0.25), guard_margin: float = 0.0) -> None:
         # Optimizer.__init__ is not called: the wrapper has no param groups of its own (see the properties)
         self.base_opt = base_opt
         self.period = period
         self.max_train_steps = max_train_steps
         self.step_idx = 0
         self.num_nowcasts = 0
-        self.num_rejected = 0
+        self.num_rejected = 0  # nowcasts not taken: not finite, or turned down by the guard
+        self.upd_scale = upd_scale
+        self.guard = guard
+        self.guard_scales = tuple(guard_scales)
+        self.guard_margin = guard_margin
+        self.guard_history: list[dict] = []  # one entry per guarded nowcast
+        if guard is not None and (not self.guard_scales or min(self.guard_scales) <= 0):
+            raise ValueError(f'guard_scales must be positive scales of the predicted change, got {guard_scales}')
         self._params = [p for _, p in model.named_parameters()]
         held = {id(p) for group in base_opt.param_groups for p in group['params']}
         self._optimised = [id(p) in held for p in self._params]
@@ -92,7 +118,7 @@ class NiNo(torch.optim.Optimizer):
                                   edge_index=self.graph.edge_index.to(self.device),
                                   lpe=None if lpe is None or not cfg.gnn else lpe.float().to(self.device),
                                   pos_w=self.graph.pos_w.to(self.device))
-        self.k_schedule = k_schedule(cfg.seq_len, max_train_steps, period)
+        self.k_schedule = k_schedule(cfg.seq_len, max_train_steps, period, k_power)
 
     @property
     def param_groups(self) -> list[dict]:
@@ -114,8 +140,9 @@ class NiNo(torch.optim.Optimizer):
 
     @property
     def need_grads(self) -> bool:
-        """False when the next step is a nowcast, so `loss.backward()` can be skipped."""
-        return not self.next_step_nowcasts
+        """False when the next step is a nowcast that is surely taken (no guard), so `loss.backward()`
+        can be skipped; with a guard the base optimizer may take that step after all."""
+        return not self.next_step_nowcasts or self.guard is not None
 
     def current_k(self) -> int:
         """Horizon the nowcast in the current period uses."""
@@ -157,22 +184,56 @@ class NiNo(torch.optim.Optimizer):
             warnings.warn(f'NiNo: the nowcast at step {self.step_idx + 1} (k={k}) has NaN/Inf values; '
                           f'it is discarded and the base optimizer takes this step', RuntimeWarning, stacklevel=3)
             return False
+        current = states[:, -1]
+        if self.upd_scale != 1.0:
+            x = torch.lerp(current, x, self.upd_scale)
+        if self.guard is not None and not self._guard(current, x, k):
+            self.num_rejected += 1
+            return False
+        self._write(x)
+        self.num_nowcasts += 1
+        log.info('NiNo nowcast at step %d with k=%d', self.step_idx + 1, k)
+        return True
+
+    def _guard(self, current: Tensor, x: Tensor, k: int) -> bool:
+        """Score the current parameters and each candidate along the change to `x`; leave the best in
+        the model and say whether it is a candidate (the current parameters are written back otherwise)."""
+        def score() -> float:
+            loss = float(self.guard())
+            return loss if math.isfinite(loss) else math.inf
+
+        before = best = score()
+        best_scale = 0.0
+        for scale in self.guard_scales:
+            self._write(torch.lerp(current, x, scale))
+            loss = score()
+            if loss < best:
+                best, best_scale = loss, scale
+        accepted = best_scale > 0 and best < before - self.guard_margin
+        if not accepted:
+            best, best_scale = before, 0.0
+        self._write(torch.lerp(current, x, best_scale))
+        self.guard_history.append({'step': self.step_idx + 1, 'k': k, 'loss_before': before, 'loss_after': best,
+                                   'scale': best_scale, 'accepted': accepted})
+        log.info('NiNo guard at step %d (k=%d): loss %.4g -> %.4g, scale %g: %s', self.step_idx + 1, k, before,
+                 best, best_scale, 'nowcast taken' if accepted else 'base optimizer steps')
+        return accepted
+
+    def _write(self, x: Tensor) -> None:
+        """Write a flat vector into the optimised parameters."""
         offset = 0
         for p, optimised in zip(self._params, self._optimised):
             n = p.numel()
             if optimised:
                 p.copy_(x[offset:offset + n].view_as(p))
             offset += n
-        self.num_nowcasts += 1
-        log.info('NiNo nowcast at step %d with k=%d', self.step_idx + 1, k)
-        return True
 
     def state_dict(self) -> dict:
         """Base optimizer state, the wrapper's position, the states collected so far and the LPE."""
         return {'base': self.base_opt.state_dict(),
                 'nino': {'step_idx': self.step_idx, 'period': self.period,
                          'max_train_steps': self.max_train_steps, 'num_nowcasts': self.num_nowcasts,
-                         'num_rejected': self.num_rejected,
+                         'num_rejected': self.num_rejected, 'guard_history': list(self.guard_history),
                          'states': [s.detach().cpu().clone() for s in self._states],
                          'lpe': None if self.nowcaster is None or self._graph_inputs['lpe'] is None
                          else self._graph_inputs['lpe'].cpu().clone()}}
@@ -194,6 +255,7 @@ class NiNo(torch.optim.Optimizer):
         self.step_idx = nino['step_idx']
         self.num_nowcasts = nino['num_nowcasts']
         self.num_rejected = nino['num_rejected']
+        self.guard_history = list(nino.get('guard_history', []))
         device = self.device if self.nowcaster is not None else 'cpu'
         self._states = [s.to(device) for s in nino['states']]
         lpe = nino.get('lpe')

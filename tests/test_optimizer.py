@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from nino import NiNo, k_schedule, load_nowcaster
+from nino.baselines import LinearExtrapolation
 from nino.graph import UnsupportedLayerError
 from nino.scaling import scale_states, unscale_states
 from pipeline.tasks import ConvNet
@@ -234,3 +236,79 @@ def test_lr_schedulers_drive_the_wrapper(gnn, fashion_mnist):
         opt.step()
         warmup.step()
     assert seen[:5] == pytest.approx([0, LR / 4, LR / 2, 3 * LR / 4, LR]) and seen[7] < LR
+
+
+def _regression(seed: int = 0):
+    torch.manual_seed(seed)
+    x = torch.randn(256, 8)
+    y = torch.sin(x @ torch.randn(8, 1))
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)), x, y
+
+
+class _FarOff(LinearExtrapolation):
+    """A nowcaster whose predictions are far off: any guard should turn them down."""
+
+    def forward(self, edge_attr, **kwargs):
+        return super().forward(edge_attr, **kwargs) + 25.0
+
+
+def _run(pairs, x, y, steps: int) -> None:
+    for _ in range(steps):
+        for model, opt in pairs:
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            if getattr(opt, 'need_grads', True):
+                loss.backward()
+            opt.step()
+
+
+def test_the_guard_turns_down_a_bad_nowcast_and_the_base_optimizer_steps(caplog):
+    model, x, y = _regression()
+    alone = copy.deepcopy(model)
+    calls = []
+
+    def guard() -> float:
+        calls.append(torch.is_grad_enabled())
+        return F.mse_loss(model(x), y).item()
+
+    opt = NiNo(torch.optim.SGD(model.parameters(), lr=0.05), model, ckpt=_FarOff(seq_len=10), period=5,
+               max_train_steps=10, guard=guard)
+    assert opt.need_grads  # with a guard the base optimizer may take a nowcast's step
+    with caplog.at_level('INFO', logger='nino.optimizer'):
+        _run([(model, opt), (alone, torch.optim.SGD(alone.parameters(), lr=0.05))], x, y, 10)
+    assert opt.num_nowcasts == 0 and opt.num_rejected == 2 and len(calls) == 2 * 4 and not any(calls)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), alone.parameters()))  # exactly Adam's path
+    assert [(h['step'], h['accepted'], h['scale']) for h in opt.guard_history] == [(5, False, 0.0), (10, False, 0.0)]
+    assert all(h['loss_after'] == h['loss_before'] for h in opt.guard_history)
+    assert 'base optimizer steps' in caplog.text
+
+
+def test_the_guard_takes_the_best_candidate_and_its_record_survives_a_resume():
+    model, x, y = _regression(1)
+    opt = NiNo(torch.optim.SGD(model.parameters(), lr=0.02), model, ckpt=LinearExtrapolation(seq_len=10), period=5,
+               max_train_steps=10, guard=lambda: F.mse_loss(model(x), y), guard_scales=(1.0, 0.5, 0.25))
+    _run([(model, opt)], x, y, 5)
+    (record,) = opt.guard_history
+    assert record['accepted'] and record['scale'] in (1.0, 0.5, 0.25) and opt.num_nowcasts == 1
+    assert record['loss_after'] < record['loss_before']
+    with torch.no_grad():
+        assert F.mse_loss(model(x), y).item() == pytest.approx(record['loss_after'], rel=1e-6)  # the best, written
+    other = NiNo(torch.optim.SGD(model.parameters(), lr=0.02), model, ckpt=LinearExtrapolation(seq_len=10), period=5,
+                 max_train_steps=10, guard=lambda: 0.0)
+    other.load_state_dict(opt.state_dict())
+    assert other.guard_history == opt.guard_history and other.num_nowcasts == 1
+    with pytest.raises(ValueError, match='guard_scales must be positive'):
+        NiNo(torch.optim.SGD(model.parameters()), model, ckpt=LinearExtrapolation(), guard=lambda: 0.0,
+             guard_scales=(1.0, 0.0))
+
+
+def test_upd_scale_and_k_power_are_the_papers_knobs():
+    assert k_schedule(40, 10000, 1000, power=1.0).tolist() == [40, 36, 31, 27, 23, 18, 14, 10, 5, 1]
+    model, x, y = _regression(2)
+    half = copy.deepcopy(model)
+    opts = [NiNo(torch.optim.SGD(m.parameters(), lr=0.02), m, ckpt=LinearExtrapolation(seq_len=10), period=5,
+                 max_train_steps=10, upd_scale=s) for m, s in ((model, 1.0), (half, 0.5))]
+    _run(list(zip((model, half), opts)), x, y, 4)
+    before = opts[0]._flat_params()
+    _run(list(zip((model, half), opts)), x, y, 1)
+    assert torch.allclose(opts[1]._flat_params(), torch.lerp(before, opts[0]._flat_params(), 0.5), atol=1e-7)
