@@ -38,7 +38,9 @@ named in `WindowBatch.skipped`, and replaced by the generator's next draw.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -181,8 +183,8 @@ class WindowStream(IterableDataset):
         first position (batches already consumed); `shard=(rank, world)` gives each of `world`
         data-parallel processes its own batches: rank r reads batch `p * world + r` at position p.
         With `only_done`, trajectories the manifest does not mark `done` are never read.
-        `read_threads` threads decompress a read's chunks when batches are built in this process
-        (DataLoader workers use one each: they run side by side already)."""
+        `read_threads` threads load a batch's trajectory reads at once when batches are built in this
+        process (DataLoader workers read one at a time: they run side by side already)."""
         super().__init__()
         self.shard = shard
         self.store_url = store_url
@@ -203,6 +205,8 @@ class WindowStream(IterableDataset):
             allowed = set(self.trajectories[name])
             self.trajectories[name] = [i for i in indices if i in allowed]
         self._tasks: dict[str, _Task] | None = None
+        self._pid = 0  # the process `_tasks` belong to (a forked DataLoader worker opens its own)
+        self._pool: ThreadPoolExecutor | None = None
         self._arenas: ArenaPool | None = None  # set in DataLoader workers
         for group in groups.values():  # validate on the driver: fail before any worker starts
             self._check_task(group, only_done)
@@ -224,10 +228,10 @@ class WindowStream(IterableDataset):
 
     def _open(self) -> dict[str, _Task]:
         """Per-process state: store handle, neural graphs, their LPE and slot maps."""
-        if self._tasks is None:
-            threads = 1 if get_worker_info() is not None else self.read_threads
-            store = open_store(self.store_url, self.storage_options, threads)
+        if self._tasks is None or self._pid != os.getpid():
+            store = open_store(self.store_url, self.storage_options)
             self._tasks = {name: self._task(store.group(name)) for name in self.task_names}
+            self._pid, self._pool = os.getpid(), None
         return self._tasks
 
     def _task(self, group: TaskGroup) -> _Task:
@@ -268,42 +272,62 @@ class WindowStream(IterableDataset):
                      graph.edge_type.repeat(shifts), read_y_slot)
 
     def batch(self, index: int) -> WindowBatch:
-        """Batch number `index` of the stream (the same on every call and in every process)."""
+        """Batch number `index` of the stream (the same on every call and in every process).
+
+        The batch's reads are drawn first, then loaded (on `read_threads` threads in this process); a
+        read that meets a damaged chunk is replaced by a new draw once the others are in."""
         tasks = self._open()
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0]))
         reads, skipped = [], []
-        while len(reads) < self.config.batch_size:
-            task_index = int(torch.randint(len(self.task_names), (), generator=gen))
-            task = tasks[self.task_names[task_index]]
-            try:
-                reads.append(self._read(task_index, task, gen))
-            except DamagedChunkError as err:
-                skipped.append(str(err))
-                if len(skipped) >= MAX_SKIPPED_READS:
-                    raise DamagedChunkError(f'{len(skipped)} damaged reads while drawing batch {index}; '
-                                            f'last: {err}') from None
+        draws = [self._draw(tasks, gen) for _ in range(self.config.batch_size)]
+        while draws:
+            for draw, states in zip(draws, self._load_all(draws)):
+                if isinstance(states, DamagedChunkError):
+                    skipped.append(str(states))
+                    if len(skipped) >= MAX_SKIPPED_READS:
+                        raise DamagedChunkError(f'{len(skipped)} damaged reads while drawing batch {index}; '
+                                                f'last: {states}') from None
+                else:
+                    reads.append({**draw, 'states': states})
+            draws = [self._draw(tasks, gen) for _ in range(self.config.batch_size - len(reads))]
         return self._assemble(reads, tasks, skipped)
 
-    def _read(self, task_index: int, task: _Task, gen: torch.Generator) -> dict:
-        """One trajectory read: its states and the draws that go with them."""
-        c = self.config
+    def _draw(self, tasks: dict[str, _Task], gen: torch.Generator) -> dict:
+        """The random choices of one trajectory read: task, trajectory, start, word-embedding rows, LPE signs."""
+        task_index = int(torch.randint(len(self.task_names), (), generator=gen))
+        task = tasks[self.task_names[task_index]]
         traj = task.trajectories[int(torch.randint(len(task.trajectories), (), generator=gen))]
         start = int(torch.randint(task.max_start, (), generator=gen))
-        ind = np.arange(start, task.group.spec.num_states, task.stride)[:c.seq_len + c.ctx]
-        rows = None
-        if task.wte_rows:
-            rows = self._wte_rows(task.wte_rows, gen)
-            dim = task.group.layout[0][1][1]
-            r = rows.numpy()
-            breaks = np.flatnonzero(np.diff(r) != 1) + 1  # runs of consecutive rows: one span each
-            spans = [(int(a) * dim, (int(b) + 1) * dim) for a, b in zip(r[np.r_[0, breaks]], r[np.r_[breaks - 1, -1]])]
-            states = task.group.read_states(traj, ind, spans + [(task.wte_rows * dim, task.group.num_params)])
-        else:
-            states = task.group.read_states(traj, ind)
+        rows = self._wte_rows(task.wte_rows, gen) if task.wte_rows else None
         signs = None
         if task.lpe is not None:
             signs = torch.randint(0, 2, (1, task.lpe.shape[1]), generator=gen) * 2 - 1
-        return dict(task_index=task_index, task=task, traj=traj, start=start, states=states, rows=rows, signs=signs)
+        return dict(task_index=task_index, task=task, traj=traj, start=start, rows=rows, signs=signs)
+
+    def _load_all(self, draws: list[dict]) -> list[np.ndarray | DamagedChunkError]:
+        """The states of each draw (or the error of a damaged read), in order: loaded on threads in
+        this process, one by one in DataLoader workers."""
+        if self.read_threads > 1 and len(draws) > 1 and get_worker_info() is None:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.read_threads)
+            return list(self._pool.map(self._load, draws))
+        return [self._load(d) for d in draws]
+
+    def _load(self, draw: dict) -> np.ndarray | DamagedChunkError:
+        """(states, parameters) float16 of one read: the window states, only the sampled embedding rows."""
+        c, task = self.config, draw['task']
+        ind = np.arange(draw['start'], task.group.spec.num_states, task.stride)[:c.seq_len + c.ctx]
+        spans = None
+        if draw['rows'] is not None:
+            dim = task.group.layout[0][1][1]
+            r = draw['rows'].numpy()
+            breaks = np.flatnonzero(np.diff(r) != 1) + 1  # runs of consecutive rows: one span each
+            spans = [(int(a) * dim, (int(b) + 1) * dim) for a, b in zip(r[np.r_[0, breaks]], r[np.r_[breaks - 1, -1]])]
+            spans.append((task.wte_rows * dim, task.group.num_params))
+        try:
+            return task.group.read_states(draw['traj'], ind, spans)
+        except DamagedChunkError as err:
+            return err
 
     def _wte_rows(self, vocab: int, gen: torch.Generator) -> Tensor:
         """`wte_size` sorted word-embedding rows of `vocab`: whole blocks of `wte_block` consecutive rows
@@ -345,14 +369,15 @@ class WindowStream(IterableDataset):
         edge_attr = out['edge_attr'].view(-1, c.ctx)
         y_len, y_src, window = [], [], []
         for i, r in enumerate(reads):
+            states = r['states']
             task: _Task = r['task']
             graph = task.graph
-            n_states = r['states'].shape[0]
-            raw = torch.from_numpy(r['states'])  # (T, P) float16
+            n_states = states.shape[0]
+            raw = torch.from_numpy(states)  # (T, P) float16
             block = out['states'][:, read_rows[i]:read_rows[i + 1]]
             block[:n_states] = raw
             block[n_states:] = 0  # past the trajectory's end: padding
-            mean, std = _window_stats(r['states'][:n_in], task, c.ctx, shifts)  # (S, L) each
+            mean, std = _window_stats(states[:n_in], task, c.ctx, shifts)  # (S, L) each
             q = slice(int(per_read[i, 2]), int(per_read[i + 1, 2]))
             m = torch.index_select(torch.from_numpy(mean).float(), 1, task.layer_of,
                                    out=out['y_mean'][q].view(shifts, graph.num_params))

@@ -17,6 +17,7 @@ other sizes than the published ones (tests, partial mirrors).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,13 +48,11 @@ def is_published_url(url: str) -> bool:
     return url.startswith((HUB_PREFIX, FSSPEC_PREFIX))
 
 
-def open_store(url: str, storage_options: dict[str, Any] | None = None,
-               read_threads: int = 1) -> TrajectoryStore | PublishedStore:
-    """A store for reading: the published files in place, or a trajectory store (whose reads
-    decompress on `read_threads` threads)."""
+def open_store(url: str, storage_options: dict[str, Any] | None = None) -> TrajectoryStore | PublishedStore:
+    """A store for reading: the published files in place, or a trajectory store."""
     if is_published_url(url):
         return PublishedStore(url, (storage_options or {}).get('cache_dir'))
-    return TrajectoryStore(url, storage_options, mode='r', read_threads=read_threads)
+    return TrajectoryStore(url, storage_options, mode='r')
 
 
 class HubRanges:
@@ -146,7 +145,7 @@ class PublishedGroup:
                                       f'the local state cache {self.cache} and HF_HUB_OFFLINE is set')
         data = self.source.read(filename, (row * self.task.n_states + state) * state_bytes, state_bytes)
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f'.{cached.name}.{os.getpid()}.tmp')
+        tmp = cached.with_name(f'.{cached.name}.{os.getpid()}.{threading.get_ident()}.tmp')  # reads run on threads
         tmp.write_bytes(data)
         os.replace(tmp, cached)
         return data

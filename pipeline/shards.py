@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import google_crc32c
@@ -32,7 +32,6 @@ from .codecs import undo_delta
 _EMPTY = 2 ** 64 - 1
 _CRC32C_RESIDUE = 0x48674BC7
 MAX_OPEN_FILES = 64  # shard files a local reader keeps open
-MIN_THREADED_BYTES = 4 << 20  # reads decoding less than this stay on one thread (handing off costs more)
 Request = tuple[str, int, int | None]  # (object key, first byte, end byte; a negative first byte counts from the end)
 
 
@@ -58,12 +57,9 @@ class ShardReader:
     object store serves them concurrently.
     """
 
-    def __init__(self, metadata: dict, fetch: Callable[[list[Request]], list[bytes]], threads: int = 1) -> None:
-        """`threads`: decompress a read's chunks on this many threads."""
+    def __init__(self, metadata: dict, fetch: Callable[[list[Request]], list[bytes]]) -> None:
         self.fetch = fetch
-        self.threads = threads
-        self._pool: ThreadPoolExecutor | None = None
-        self._buffer = np.empty(0, '<u2')
+        self._local = threading.local()
         self.shape = tuple(metadata['shape'])
         (sharding,) = metadata['codecs']
         if sharding['name'] != 'sharding_indexed':
@@ -126,7 +122,7 @@ class ShardReader:
                 empty.append((t, j))
             else:
                 jobs.append((next(blobs), key, (times[t], chunks[j]), sides[t, j]))
-        self._decode_all(jobs)
+        self._decode(jobs)
         nan = np.float16(np.nan).view('<u2')
         for i, ((t, rows), side) in enumerate(zip(rows_of.items(), sides)):
             used = [states[row] - t * self.inner_states for row in rows]  # positions in the chunk
@@ -149,11 +145,13 @@ class ShardReader:
         return out.view(np.float16)
 
     def _scratch(self, shape: tuple[int, ...]) -> np.ndarray:
-        """A reused buffer for the decoded chunks of one read (fresh pages cost more than decoding)."""
+        """A reused buffer (one per thread) for the decoded chunks of one read (fresh pages cost more than
+        decoding)."""
         size = int(np.prod(shape))
-        if self._buffer.size < size:
-            self._buffer = np.empty(size, '<u2')
-        return self._buffer[:size].reshape(shape)
+        buffer = getattr(self._local, 'buffer', None)
+        if buffer is None or buffer.size < size:
+            buffer = self._local.buffer = np.empty(size, '<u2')
+        return buffer[:size].reshape(shape)
 
     def _shard_index(self, traj: int, shard: tuple[int, int], key: str) -> list[tuple[int, int]] | None:
         """The shard's (offset, length) of each inner chunk, or None for a shard never written."""
@@ -170,17 +168,8 @@ class ShardReader:
             index = self._index[(traj, *shard)] = [tuple(p) for p in pairs]
         return index
 
-    def _decode_all(self, jobs: list[tuple[bytes, str, tuple[int, int], np.ndarray]]) -> None:
-        """Check and decompress each (bytes, key, (time chunk, parameter chunk), output) job; with `threads` > 1 the
-        jobs of a large read are split between that many threads (blosc decompresses without the GIL)."""
-        if self.threads > 1 and sum(out.nbytes for *_, out in jobs) >= MIN_THREADED_BYTES:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads)
-            list(self._pool.map(self._decode, [jobs[i::self.threads] for i in range(self.threads)]))
-        else:
-            self._decode(jobs)
-
     def _decode(self, jobs: list[tuple[bytes, str, tuple[int, int], np.ndarray]]) -> None:
+        """Check and decompress each (bytes, key, (time chunk, parameter chunk), output) job."""
         for data, key, (t, p), out in jobs:
             if not _crc_ok(data):
                 first, size = t * self.inner_states, self.inner_params
@@ -196,30 +185,32 @@ def _slice(positions: list[int]) -> slice | list[int]:
     return positions
 
 
-def local_reader(folder: Path, max_open: int = MAX_OPEN_FILES, threads: int = 1) -> ShardReader:
+def local_reader(folder: Path, max_open: int = MAX_OPEN_FILES) -> ShardReader:
     """A reader for a params array folder on local disk; the `max_open` most recently read shard files stay
     open (the published dataset converted is thousands of shards, more than a process may open)."""
     handles: OrderedDict[str, int] = OrderedDict()
+    lock = threading.Lock()  # reads on several threads share the open files
 
     def fetch(requests: list[Request]) -> list[bytes]:
-        out = []
-        for key, start, stop in requests:
-            fd = handles.pop(key, None)
-            if fd is None:
-                fd = os.open(folder / key, os.O_RDONLY)
-                while len(handles) >= max_open:
-                    os.close(handles.popitem(last=False)[1])
-            handles[key] = fd  # most recent last
-            if start < 0:
-                size = os.fstat(fd).st_size
-                start, stop = max(0, size + start), size
-            out.append(os.pread(fd, stop - start, start))
-        return out
+        with lock:
+            return [_pread(key, start, stop) for key, start, stop in requests]
 
-    return ShardReader(json.loads((folder / 'zarr.json').read_text()), fetch, threads)
+    def _pread(key: str, start: int, stop: int | None) -> bytes:
+        fd = handles.pop(key, None)
+        if fd is None:
+            fd = os.open(folder / key, os.O_RDONLY)
+            while len(handles) >= max_open:
+                os.close(handles.popitem(last=False)[1])
+        handles[key] = fd  # most recent last
+        if start < 0:
+            size = os.fstat(fd).st_size
+            start, stop = max(0, size + start), size
+        return os.pread(fd, stop - start, start)
+
+    return ShardReader(json.loads((folder / 'zarr.json').read_text()), fetch)
 
 
-def fsspec_reader(fs, path: str, threads: int = 1) -> ShardReader:
+def fsspec_reader(fs, path: str) -> ShardReader:
     """A reader for a params array at `path` on an fsspec file system: the ranges of a read are fetched
     with one `cat_ranges` call (concurrent requests on object stores)."""
     def fetch(requests: list[Request]) -> list[bytes]:
@@ -237,4 +228,4 @@ def fsspec_reader(fs, path: str, threads: int = 1) -> ShardReader:
                 raise blob
         return blobs
 
-    return ShardReader(json.loads(fs.cat_file(f'{path}/zarr.json')), fetch, threads)
+    return ShardReader(json.loads(fs.cat_file(f'{path}/zarr.json')), fetch)

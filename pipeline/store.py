@@ -212,11 +212,9 @@ class TrajectoryStore:
     """Open (creating if needed) a trajectory store at a local path or fsspec URL."""
 
     def __init__(self, url: str | Path, storage_options: dict[str, Any] | None = None, mode: str = 'a',
-                 version: int = VERSION, read_threads: int = 1) -> None:
-        """`version` is the layout of a store created here; an existing store keeps its own.
-        `read_threads`: threads decompressing the chunks of one read (version 2, local or fsspec)."""
+                 version: int = VERSION) -> None:
+        """`version` is the layout of a store created here; an existing store keeps its own."""
         self.url = str(url)
-        self.read_threads = read_threads
         self.storage_options = storage_options or {}
         self.hub: HubStore | None = None
         if self.url.startswith(HUB_PREFIX):
@@ -270,10 +268,10 @@ class TrajectoryStore:
             local = _local_path(self.url)
             try:
                 if local is not None:
-                    reader = local_reader(local / name / 'params', threads=self.read_threads)
+                    reader = local_reader(local / name / 'params')
                 else:
                     fs, path = self._fs_path()
-                    reader = fsspec_reader(fs, f'{path}/{name}/params', self.read_threads)
+                    reader = fsspec_reader(fs, f'{path}/{name}/params')
             except ValueError:  # another codec chain: zarr-python reads it
                 reader = None
         return TaskGroup(group, reader)

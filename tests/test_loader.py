@@ -88,7 +88,10 @@ def test_gpt2_windows_sample_word_embedding_rows(small_store, block):
 
 def test_stream_is_deterministic_across_workers_and_resumable(small_store):
     stream = WindowStream(str(small_store), CFG, seed=11)
-    expected = [stream.batch(i) for i in range(4)]
+    expected = [stream.batch(i) for i in range(4)]  # reads of a batch loaded on 2 threads (the default)
+    serial = WindowStream(str(small_store), CFG, seed=11, read_threads=1)
+    for i, batch in enumerate(expected):
+        assert torch.equal(serial.batch(i).edge_attr, batch.edge_attr)
     got = [b for _, b in zip(range(4), window_loader(stream, num_workers=2))]
     for a, b in zip(expected, got):
         assert torch.equal(a.edge_attr, b.edge_attr) and torch.equal(a.targets(), b.targets())

@@ -9,7 +9,6 @@ import pytest
 
 from pipeline.manifest import ManifestError
 from pipeline.record import METRICS
-from pipeline.shards import local_reader
 from pipeline.store import (
     PARAMS_CODECS,
     DamagedChunkError,
@@ -142,7 +141,6 @@ def test_a_large_word_embedding_is_chunked_in_row_blocks_and_read_by_spans(tmp_p
     group.write_states(2, 0, x[:8])  # half a shard: its second chunk along time is never written
     fast = TrajectoryStore(tmp_path / 's', mode='r').group('lm')
     slow = TaskGroup(fast.group)  # zarr-python
-    threaded = TaskGroup(fast.group, local_reader(tmp_path / 's' / 'lm' / 'params', threads=2))
     assert fast._reader is not None and fast._reader.params_per_shard == -(-n // 192)
     blocks = [(64 * 3 * dim, 64 * 4 * dim), (1088 * dim, n)]  # a row block; the last, short one and the rest
     many = [(3 * r, 3 * r + 3) for r in range(0, 1100, 7)]  # independently sampled rows
@@ -150,7 +148,7 @@ def test_a_large_word_embedding_is_chunked_in_row_blocks_and_read_by_spans(tmp_p
         cols = np.arange(n) if spans is None else span_columns(spans)
         for ind in (np.arange(16), np.array([3]), np.array([0, 9, 15]), np.arange(5, 12)):
             want = x[ind][:, cols].view(np.uint16)
-            for reader in (fast, slow, threaded):
+            for reader in (fast, slow):
                 assert np.array_equal(reader.read_states(1, ind, spans).view(np.uint16), want)
             half = fast.read_states(2, ind, spans)
             assert np.array_equal(half[ind < 8].view(np.uint16), want[ind < 8]) and np.isnan(half[ind >= 8]).all()
