@@ -1,16 +1,14 @@
-"""A candidate params codec for fast conversion, against the version-2 codecs: bytes, encode and decode speed.
+"""`nino.byte_planes` against Blosc codecs on real delta-coded chunks: bytes, encode and decode speed.
 
     python benchmarks/byte_planes.py [--store runs/bench-stores/real-v1] [--fm-states 1024]
 
-Not used by the store. The version-2 codecs (Blosc lz4hc-5 for vision pairs, zstd-3 for language
-models) encode at 50-100 MB/s per core, far below what `pipeline convert` would need to run at half
-of disk speed (~900 MB/s on 2 cores). The candidate splits each delta-coded float16 chunk into its
-high bytes (sign, exponent, top mantissa bits: mostly 0x00 or 0xFF after the delta) compressed with
-zstd, and its low bytes stored raw (noise that no compressor shrinks). Chunks as version 2 cuts them,
-from the real trajectories of `benchmarks/common.py`'s real-trajectory store: FM-16 pairs of
-states (trajectory 0, its first `--fm-states` states) and GPT-2 chunks of 8 states, full width and in
-1,536-parameter blocks. MB/s of raw float16 on one core, Python per chunk included; every chunk is
-checked to decode to its bytes.
+`nino.byte_planes` (pipeline/codecs.py) splits each delta-coded float16 chunk into its high bytes
+(sign, exponent, top mantissa bits: mostly 0x00 or 0xFF after the delta), compressed with zstd,
+and its low bytes (mostly noise), compressed with lz4. Chunks as version 2 cuts them, from the real
+trajectories of `benchmarks/common.py`'s real-trajectory store: FM-16 pairs of states (trajectory 0,
+its first `--fm-states` states) and GPT-2 chunks of 8 states, full width and in 1,536-parameter
+blocks (whole chunks only: no padding). MB/s of raw float16 on one core, Python per chunk included;
+every chunk is checked to decode to its bytes.
 """
 
 from __future__ import annotations
@@ -20,8 +18,9 @@ import time
 
 import numpy as np
 from common import RUNS
-from numcodecs import Zstd, blosc
+from numcodecs import blosc
 
+from pipeline.codecs import join_planes, split_planes
 from pipeline.store import TrajectoryStore
 
 
@@ -64,18 +63,13 @@ def blosc_codec(cname: bytes, level: int):
 
 
 def byte_planes(level: int):
-    zstd = Zstd(level=level)
-
     def encode(chunk: np.ndarray) -> bytes:
-        pairs = chunk.view(np.uint8).reshape(-1, 2)
-        high = zstd.encode(np.ascontiguousarray(pairs[:, 1]))
-        return len(high).to_bytes(4, 'little') + high + pairs[:, 0].tobytes()
+        return split_planes(chunk, level)
 
     def decode(blob: bytes, shape: tuple[int, ...]) -> np.ndarray:
-        n = int.from_bytes(blob[:4], 'little')
-        out = np.frombuffer(zstd.decode(blob[4:4 + n]), np.uint8).astype(np.uint16) << 8
-        out |= np.frombuffer(blob, np.uint8, offset=4 + n)
-        return out.reshape(shape)
+        out = np.empty(shape, '<u2')
+        join_planes(blob, out)
+        return out
 
     return encode, decode
 
@@ -93,9 +87,9 @@ def main() -> None:
              'GPT-2 8 states, all parameters': delta_chunks(lm, 8, lm[0].shape[1]),
              'GPT-2 8 states x 1,536 parameters': delta_chunks(lm, 8, 1536)}
     codecs = {'blosc lz4hc-5 (version 2, vision)': blosc_codec(b'lz4hc', 5),
-              'blosc zstd-3 (version 2, language)': blosc_codec(b'zstd', 3),
+              'blosc zstd-3': blosc_codec(b'zstd', 3),
               'blosc zstd-1': blosc_codec(b'zstd', 1)}
-    codecs.update({f'byte planes: zstd-{level} high bytes, raw low bytes': byte_planes(level) for level in (1, 3)})
+    codecs.update({f'nino.byte_planes: zstd-{level} high bytes, lz4 low bytes': byte_planes(level) for level in (1, 3)})
     print('| chunks | codec | bytes / raw | encode MB/s | decode MB/s |')
     print('|---|---|---:|---:|---:|')
     for case, chunks in cases.items():

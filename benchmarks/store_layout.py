@@ -22,7 +22,7 @@ import zarr
 from common import ROOT
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from pipeline.codecs import TimeDeltaCodec
+from pipeline.codecs import BytePlanesCodec, TimeDeltaCodec
 from pipeline.shards import local_reader
 from pipeline.store import TrajectoryStore
 
@@ -48,9 +48,11 @@ def layouts(n_states: int, n_params: int, widths: list[int]) -> dict[str, dict]:
     k = min(8, n_states)
     for width in [n_params] + widths:
         cut = f'{width} parameters per chunk' if width < n_params else 'all parameters'
-        out[f'shards, {k} states x {cut}, delta + blosc-zstd-3'] = dict(
-            chunks=(1, k, width), shards=(1, max(k, shard - shard % k), -(-n_params // width) * width),
-            filters=delta, compressors=blosc('zstd', 3))
+        for name, compressors in (('blosc-zstd-3', blosc('zstd', 3)),
+                                  ('byte planes zstd-1', [BytePlanesCodec(level=1), Crc32cCodec()])):
+            out[f'shards, {k} states x {cut}, delta + {name}'] = dict(
+                chunks=(1, k, width), shards=(1, max(k, shard - shard % k), -(-n_params // width) * width),
+                filters=delta, compressors=compressors)
     return out
 
 

@@ -6,11 +6,11 @@ window needs 45 chunks; tensorstore is fast but cannot decode the time-delta cod
 does exactly what the layout needs and nothing more (measured in docs/benchmarks.md):
 
     shard file = inner chunk bytes ..., index: (chunks, 2) uint64 (offset, nbytes) + CRC32C
-    inner chunk = blosc(bytes(time_delta(k states x m parameters float16))) + CRC32C
+    inner chunk = blosc or byte_planes(bytes(time_delta(k states x m parameters float16))) + CRC32C
 
 For each shard it reads the index once (cached), then only the byte ranges of the inner chunks
 holding the states and parameter spans asked for (one `pread` or range request each), checks each CRC32C,
-decompresses with blosc and undoes the delta. Any other codec chain is refused at open (callers
+decompresses (blosc or `nino.byte_planes`) and undoes the delta. Any other codec chain is refused at open (callers
 then use zarr-python).
 """
 
@@ -27,7 +27,7 @@ import google_crc32c
 import numpy as np
 from numcodecs import blosc
 
-from .codecs import undo_delta
+from .codecs import BYTE_PLANES, join_planes, undo_delta
 
 _EMPTY = 2 ** 64 - 1
 _CRC32C_RESIDUE = 0x48674BC7
@@ -67,13 +67,15 @@ class ShardReader:
         conf = sharding['configuration']
         names = [c['name'] for c in conf['codecs']]
         index_names = [c['name'] for c in conf['index_codecs']]
-        if names not in (['nino.time_delta', 'bytes', 'blosc', 'crc32c'], ['bytes', 'blosc', 'crc32c']) \
+        if names[-3:] not in (['bytes', 'blosc', 'crc32c'], ['bytes', BYTE_PLANES, 'crc32c']) \
+                or names[:-3] not in ([], ['nino.time_delta']) \
                 or index_names != ['bytes', 'crc32c'] or conf.get('index_location', 'end') != 'end':
             raise ValueError(f'codec chain {names} / index {index_names} is not the version-2 layout')
         for c in conf['codecs'] + conf['index_codecs']:
             if c['name'] == 'bytes' and c.get('configuration', {}).get('endian', 'little') != 'little':
                 raise ValueError('big-endian chunks are not the version-2 layout')
         self.delta = names[0] == 'nino.time_delta'
+        self.planes = names[-2] == BYTE_PLANES
         _, self.shard_states, shard_params = metadata['chunk_grid']['configuration']['chunk_shape']
         _, self.inner_states, self.inner_params = conf['chunk_shape']
         self.states_per_shard = self.shard_states // self.inner_states  # inner chunks along time, per shard
@@ -175,7 +177,10 @@ class ShardReader:
                 first, size = t * self.inner_states, self.inner_params
                 raise ChunkChecksumError(f'{key}: the chunk of states {first}-{first + self.inner_states - 1}, '
                                          f'parameters {p * size}-{(p + 1) * size - 1} does not match its CRC32C')
-            blosc.decompress(memoryview(data)[:-4], out)
+            if self.planes:
+                join_planes(memoryview(data)[:-4], out)
+            else:
+                blosc.decompress(memoryview(data)[:-4], out)
 
 
 def _slice(positions: list[int]) -> slice | list[int]:

@@ -34,7 +34,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from .codecs import TimeDeltaCodec
+from .codecs import BytePlanesCodec, TimeDeltaCodec
 from .hub import HUB_PREFIX, HubStore, HubUnavailableError, parse_hub_url
 from .manifest import Manifest
 from .shards import ShardReader, fsspec_reader, local_reader
@@ -57,6 +57,7 @@ PARAMS_CODECS: dict[str, tuple[list, list]] = {
                                 [BloscCodec(cname='lz4', clevel=5, shuffle='shuffle'), Crc32cCodec()]),
     'delta-blosc-lz4hc-shuffle': ([TimeDeltaCodec(axis=1)],
                                   [BloscCodec(cname='lz4hc', clevel=5, shuffle='shuffle'), Crc32cCodec()]),
+    'delta-byteplanes-zstd1': ([TimeDeltaCodec(axis=1)], [BytePlanesCodec(level=1), Crc32cCodec()]),
 }
 #: Version 1 default, chosen by measurement (benchmarks/collect.py, docs/benchmarks.md): the smallest
 #: store at a write speed far above what training produces.
@@ -91,8 +92,9 @@ def v2_chunking(n_states: int, record_every: int, layout: list[tuple[str, tuple[
     Windows that skip states (vision: recorded every 4 steps, read 200 apart) get pairs of states,
     delta-coded, lz4hc: 0.77-0.79 of raw on real FM-16 states, decoding at ~4.6 GB/s and at most
     one extra state per state read. Windows that read consecutive states (language models, recorded
-    every 200 steps) get 8 states per chunk, delta-coded, zstd: 0.79 of raw on real GPT-2 states
-    (0.82 with 4, 0.78 with 16; longer chunks decode more states a window does not use).
+    every 200 steps) get 8 states per chunk, delta-coded, byte planes (zstd-1 high bytes, raw low
+    bytes): 0.77 of raw on real GPT-2 states where Blosc zstd-3 gives 0.80, written 2-3x faster
+    (4 states per chunk: 0.82 with Blosc; longer chunks decode more states a window does not use).
     Inner chunks span every parameter, except for a word embedding of more than WTE_CHUNK_ROWS_MIN
     rows (the loader samples its rows): there they span WTE_CHUNK_ROWS rows (the rest of the
     parameters in chunks of the same size), so a read of a few sampled row blocks decodes those.
@@ -104,7 +106,7 @@ def v2_chunking(n_states: int, record_every: int, layout: list[tuple[str, tuple[
         width = WTE_CHUNK_ROWS * shape[1]
     if WINDOW_STEP_HINT // record_every > 1:
         return min(n_states, 2), width, 'delta-blosc-lz4hc-shuffle'
-    return min(n_states, 8), width, 'delta-blosc-zstd-shuffle'
+    return min(n_states, 8), width, 'delta-byteplanes-zstd1'
 
 
 def span_columns(spans: list[tuple[int, int]]) -> np.ndarray:
