@@ -7,7 +7,8 @@ linear-extrapolation baseline ('linear'); same initial weights and batches for a
 Each finished run is saved under OUT/runs/ and skipped by a rerun; its file name carries a digest of
 the task spec, the period and the checkpoint's bytes, so a changed config or a retrained checkpoint
 is run again rather than read stale. `--period N` overrides every task's period; `--guard N` adds each
-nowcaster guarded (`nino.NiNo(guard=...)`, scoring N training batches; method NAME+guardN). Outputs in OUT: curves.json,
+nowcaster guarded (`nino.NiNo(guard=...)`, scoring N training batches; method NAME+guardN, with
+`--guard-delay D` judged D steps after the nowcast: NAME+guardNdD). Outputs in OUT: curves.json,
 curves.csv, summary.md (the speedup table), speedups.csv, curves_<task>.png, speedup.png.
 
 The config lists tasks (task-spec entries, as in collection configs) with a `target` value per
@@ -110,7 +111,8 @@ def check_periods(task_list: list[tuple[TaskSpec, int, float]], methods: dict[st
 
 def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | None = None,
              tasks: list[str] | None = None, address: str | None = None, baselines: bool = True,
-             progress: bool = True, period: int | None = None, guard: int = 0) -> tuple[list[Curve], str]:
+             progress: bool = True, period: int | None = None, guard: int = 0,
+             guard_delay: int = 0) -> tuple[list[Curve], str]:
     """Run (or finish) the evaluation grid; write outputs; return the curves and the table."""
     cfg, task_list = load_eval_config(config)
     if period is not None:
@@ -133,7 +135,7 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
             raise ConfigError(f'nowcaster checkpoint not found: {ckpt}')
         methods[name] = str(Path(ckpt).resolve())
         if guard:
-            methods[f'{name}{GUARD}{guard}'] = methods[name]
+            methods[f'{name}{GUARD}{guard}' + (f'd{guard_delay}' if guard_delay else '')] = methods[name]
     if baselines:
         methods[LINEAR] = None
     check_periods(task_list, methods)
@@ -186,12 +188,14 @@ def main(argv: list[str] | None = None) -> int:
                                                                  "(default: each task's 'period')")
     parser.add_argument('--guard', type=int, default=0, help='also run each nowcaster guarded, scoring this '
                                                              'many training batches per candidate')
+    parser.add_argument('--guard-delay', type=int, default=0, help='judge each guarded nowcast this many steps '
+                                                                   'after it (rolling it back if it did not pay off)')
     args = parser.parse_args(argv)
     try:
         _, table = evaluate(args.config, args.out, [c for c in args.nino.split(',') if c], args.seeds,
                             args.tasks.split(',') if args.tasks else None,
                             args.address or os.environ.get('RAY_ADDRESS'), not args.no_baselines,
-                            period=args.period, guard=args.guard)
+                            period=args.period, guard=args.guard, guard_delay=args.guard_delay)
     except ConfigError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

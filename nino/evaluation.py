@@ -31,7 +31,7 @@ from .optimizer import NiNo
 
 BASE = 'adam'
 LINEAR = 'linear'
-GUARD = '+guard'  # method suffix: NAME+guardN is nowcaster NAME with a guard scoring N training batches
+GUARD = '+guard'  # method suffix: NAME+guardN[dD]: nowcaster NAME guarded on N training batches (delay D)
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Curve:
     steps: list[int]
     values: list[float]
     nowcast_steps: list[int] = field(default_factory=list)
-    rejected_steps: list[int] = field(default_factory=list)  # nowcasts turned down (base optimizer stepped)
+    rejected_steps: list[int] = field(default_factory=list)  # where a guard turned down or rolled back a nowcast
     init_checksum: str = ''
     batch_checksum: str = ''
     wall_time: float = 0.0
@@ -54,12 +54,14 @@ class Curve:
         return asdict(self)
 
 
-def split_guard(method: str) -> tuple[str, int]:
-    """(nowcaster method, guard batches): 'nino_mlp+guard4' -> ('nino_mlp', 4); no guard -> 0."""
-    name, _, count = method.partition(GUARD)
-    if count and not count.isdigit():
-        raise ValueError(f'method {method!r}: expected NAME{GUARD}N with N training batches')
-    return name, int(count or 0)
+def split_guard(method: str) -> tuple[str, int, int]:
+    """(nowcaster method, guard batches, guard delay): 'nino_mlp+guard4' -> ('nino_mlp', 4, 0),
+    'nino_mlp+guard4d100' -> ('nino_mlp', 4, 100); no guard -> 0 batches."""
+    name, _, spec = method.partition(GUARD)
+    count, _, delay = spec.partition('d')
+    if spec and not (count.isdigit() and (delay.isdigit() or not delay)):
+        raise ValueError(f'method {method!r}: expected NAME{GUARD}N or NAME{GUARD}NdD (N batches, delay D steps)')
+    return name, int(count or 0), int(delay or 0)
 
 
 def method_nowcaster(method: str, ckpt: str | None, seq_len: int = 40) -> Nowcaster | None:
@@ -92,8 +94,8 @@ def metric_of(spec: TaskSpec) -> str:
 def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | None, period: int,
               lr: float | None = None) -> Curve:
     """Train `spec` from `seed` for `spec.steps` steps with the method; evaluate every `eval_every`.
-    A guarded method (`NAME+guardN`) scores each nowcast on N training batches drawn once from
-    their own generator (the same batches for every candidate and every nowcast)."""
+    A guarded method (`NAME+guardN`, or `NAME+guardNdD` to judge D steps later) scores nowcasts on N
+    training batches drawn once from their own generator (the same batches every time)."""
     start = time.time()
     data = load_dataset(spec.dataset, spec.arch.get('vocab_size'))
     metric = metric_of(spec)
@@ -103,14 +105,15 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
         model = build_model(spec.arch).train()
         init = hashlib.sha256(torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().tobytes())
         base = make_optimizer(spec.optimizer, model.parameters(), lr, spec.weight_decay)
+        _, guard_batches, guard_delay = split_guard(method)
         guard_set = [data.train_batch(spec.batch_size, torch.Generator().manual_seed(seed + 7919 * (i + 1)))
-                     for i in range(split_guard(method)[1])]
+                     for i in range(guard_batches)]
 
         def guard() -> float:
             return float(np.mean([loss_and_correct(model, x, y)[0].item() for x, y in guard_set]))
 
         opt = NiNo(base, model, ckpt=nowcaster, period=period, max_train_steps=spec.steps,
-                   guard=guard if guard_set else None)
+                   guard=guard if guard_set else None, guard_delay=guard_delay)
         gen = torch.Generator().manual_seed(seed)
         batches = hashlib.sha256()
         curve = Curve(spec.name, seed, method, metric, [], [], init_checksum=init.hexdigest())

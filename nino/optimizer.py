@@ -8,16 +8,22 @@ their values (the paper's code overwrites them too). The horizon k decays over t
 k_i = round(linspace(40 ** (1 / p), 1, max_train_steps // period) ** p)[i] for the i-th period (p = 2
 by default, as the paper), and `upd_scale` scales the predicted change (the paper's knob).
 
-A guard (`guard=`, no published nowcaster has one) makes a nowcast safe to take: it scores the
-current parameters and candidates along the predicted change (`guard_scales`, e.g. the whole
-change, half, a quarter) with a user-given loss, writes the best candidate only if it beats the
-current parameters by `guard_margin`, and otherwise lets the base optimizer take the step. Each
-decision is kept in `guard_history` (and in the state dict); the cost is 1 + len(guard_scales)
-calls of the loss per nowcast.
+A guard (`guard=`, no published nowcaster has one) decides with a user-given loss whether a
+nowcast is kept. Immediately (`guard_delay=0`): it scores the current parameters and candidates
+along the predicted change (`guard_scales`, e.g. the whole change, half, a quarter), writes the
+best candidate only if it beats the current parameters by `guard_margin`, and otherwise lets the
+base optimizer take the step (1 + len(guard_scales) loss calls per nowcast). After a recovery
+(`guard_delay=N`): it takes the prediction, keeps a copy of the parameters and of the base
+optimizer's state, and N steps later rolls both back if the loss is not below the loss before the
+nowcast by `guard_margin` (2 loss calls per nowcast; the N steps are then lost); no nowcast is
+made within N steps of `max_train_steps`. Nowcasts usually raise the loss at first and pay off
+after ~100 steps (docs/results.md), which only the second form sees. Each decision is kept in
+`guard_history` (and in the state dict).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import warnings
@@ -66,6 +72,8 @@ class NiNo(torch.optim.Optimizer):
         guard_scales: candidates the guard scores: the current parameters plus each scale times the
             predicted change.
         guard_margin: how much lower than the current parameters' loss a candidate's must be.
+        guard_delay: 0 to judge candidates at once; N to judge the prediction N steps after it was
+            written and roll it back (parameters and base optimizer state) if it did not pay off.
     """
 
     def __init__(self, base_opt: torch.optim.Optimizer, model: nn.Module,
@@ -73,7 +81,8 @@ class NiNo(torch.optim.Optimizer):
                  max_train_steps: int = 10000, device: str | torch.device | None = None,
                  num_heads: int | None = None, lpe: Tensor | None = None, upd_scale: float = 1.0,
                  k_power: float = 2.0, guard: Callable[[], float | Tensor] | None = None,
-                 guard_scales: Sequence[float] = (1.0, 0.5, 0.25), guard_margin: float = 0.0) -> None:
+                 guard_scales: Sequence[float] = (1.0, 0.5, 0.25), guard_margin: float = 0.0,
+                 guard_delay: int = 0) -> None:
         # Optimizer.__init__ is not called: the wrapper has no param groups of its own (see the properties)
         self.base_opt = base_opt
         self.period = period
@@ -85,7 +94,9 @@ class NiNo(torch.optim.Optimizer):
         self.guard = guard
         self.guard_scales = tuple(guard_scales)
         self.guard_margin = guard_margin
+        self.guard_delay = guard_delay
         self.guard_history: list[dict] = []  # one entry per guarded nowcast
+        self._pending: dict | None = None  # a nowcast awaiting its delayed judgement, with the copy to roll back to
         if guard is not None and (not self.guard_scales or min(self.guard_scales) <= 0):
             raise ValueError(f'guard_scales must be positive scales of the predicted change, got {guard_scales}')
         self._params = [p for _, p in model.named_parameters()]
@@ -136,13 +147,15 @@ class NiNo(torch.optim.Optimizer):
     def next_step_nowcasts(self) -> bool:
         """Whether the next `step()` call runs the nowcaster instead of the base optimizer."""
         return (self.nowcaster is not None and len(self._states) == self.ctx - 1
-                and (self.step_idx + 1) % self.interval == 0)
+                and (self.step_idx + 1) % self.interval == 0
+                and not (self.guard is not None and self.guard_delay
+                         and self.step_idx + 1 + self.guard_delay > self.max_train_steps))
 
     @property
     def need_grads(self) -> bool:
-        """False when the next step is a nowcast that is surely taken (no guard), so `loss.backward()`
-        can be skipped; with a guard the base optimizer may take that step after all."""
-        return not self.next_step_nowcasts or self.guard is not None
+        """False when the next step is a nowcast that is surely taken, so `loss.backward()` can be
+        skipped; with an immediate guard the base optimizer may take that step after all."""
+        return not self.next_step_nowcasts or (self.guard is not None and not self.guard_delay)
 
     def current_k(self) -> int:
         """Horizon the nowcast in the current period uses."""
@@ -163,7 +176,11 @@ class NiNo(torch.optim.Optimizer):
                     loss = closure()
         else:
             loss = self.base_opt.step(closure)
+            if self.nowcaster is not None and len(self._states) >= self.ctx:
+                self._states = []  # a period whose nowcast was not made (too close to the end): start over
         self.step_idx += 1
+        if self._pending is not None and self.step_idx == self._pending['step'] + self.guard_delay:
+            self._judge()
         return loss
 
     @torch.no_grad()
@@ -187,7 +204,10 @@ class NiNo(torch.optim.Optimizer):
         current = states[:, -1]
         if self.upd_scale != 1.0:
             x = torch.lerp(current, x, self.upd_scale)
-        if self.guard is not None and not self._guard(current, x, k):
+        if self.guard is not None and self.guard_delay:
+            self._pending = {'step': self.step_idx + 1, 'k': k, 'loss_before': self._score(),
+                             'params': current.clone(), 'base': copy.deepcopy(self.base_opt.state_dict())}
+        elif self.guard is not None and not self._guard(current, x, k):
             self.num_rejected += 1
             return False
         self._write(x)
@@ -195,13 +215,33 @@ class NiNo(torch.optim.Optimizer):
         log.info('NiNo nowcast at step %d with k=%d', self.step_idx + 1, k)
         return True
 
+    def _score(self) -> float:
+        """The guard's loss of the model as it is (non-finite counts as infinitely bad)."""
+        with torch.no_grad():
+            loss = float(self.guard())
+        return loss if math.isfinite(loss) else math.inf
+
+    def _judge(self) -> None:
+        """`guard_delay` steps after a nowcast: keep it, or roll parameters and base optimizer state back."""
+        pending, self._pending = self._pending, None
+        after = self._score()
+        kept = after < pending['loss_before'] - self.guard_margin
+        if not kept:
+            with torch.no_grad():
+                self._write(pending['params'])
+            self.base_opt.load_state_dict(pending['base'])
+            self._states = []  # recorded on the discarded branch
+            self.num_nowcasts -= 1
+            self.num_rejected += 1
+        self.guard_history.append({'step': pending['step'], 'k': pending['k'], 'loss_before': pending['loss_before'],
+                                   'loss_after': after, 'scale': self.upd_scale, 'accepted': kept})
+        log.info('NiNo guard, %d steps after the nowcast at step %d: loss %.4g -> %.4g: %s', self.guard_delay,
+                 pending['step'], pending['loss_before'], after, 'kept' if kept else 'rolled back')
+
     def _guard(self, current: Tensor, x: Tensor, k: int) -> bool:
         """Score the current parameters and each candidate along the change to `x`; leave the best in
         the model and say whether it is a candidate (the current parameters are written back otherwise)."""
-        def score() -> float:
-            loss = float(self.guard())
-            return loss if math.isfinite(loss) else math.inf
-
+        score = self._score
         before = best = score()
         best_scale = 0.0
         for scale in self.guard_scales:
@@ -234,6 +274,8 @@ class NiNo(torch.optim.Optimizer):
                 'nino': {'step_idx': self.step_idx, 'period': self.period,
                          'max_train_steps': self.max_train_steps, 'num_nowcasts': self.num_nowcasts,
                          'num_rejected': self.num_rejected, 'guard_history': list(self.guard_history),
+                         'pending': None if self._pending is None
+                         else {**self._pending, 'params': self._pending['params'].cpu().clone()},
                          'states': [s.detach().cpu().clone() for s in self._states],
                          'lpe': None if self.nowcaster is None or self._graph_inputs['lpe'] is None
                          else self._graph_inputs['lpe'].cpu().clone()}}
@@ -256,6 +298,8 @@ class NiNo(torch.optim.Optimizer):
         self.num_nowcasts = nino['num_nowcasts']
         self.num_rejected = nino['num_rejected']
         self.guard_history = list(nino.get('guard_history', []))
+        pending = nino.get('pending')
+        self._pending = None if pending is None else {**pending, 'params': pending['params'].to(self.device)}
         device = self.device if self.nowcaster is not None else 'cpu'
         self._states = [s.to(device) for s in nino['states']]
         lpe = nino.get('lpe')

@@ -88,7 +88,8 @@ def test_a_guarded_bad_nowcaster_ends_exactly_where_adam_ends():
     assert guarded.values == adam.values  # the base optimizer took every step, from the same parameters
     unguarded = run_curve(spec, 1000, 'far', _FarOff(seq_len=40), period=50)
     assert unguarded.nowcast_steps == [50, 100] and unguarded.values[-1] != adam.values[-1]
-    assert split_guard('nino_mlp+guard4') == ('nino_mlp', 4) and split_guard('adam') == ('adam', 0)
+    assert split_guard('nino_mlp+guard4') == ('nino_mlp', 4, 0) and split_guard('adam') == ('adam', 0, 0)
+    assert split_guard('nino_mlp+guard4d100') == ('nino_mlp', 4, 100)
     with pytest.raises(ValueError, match='NAME\\+guardN'):
         split_guard('nino_mlp+guardx')
 

@@ -312,3 +312,47 @@ def test_upd_scale_and_k_power_are_the_papers_knobs():
     before = opts[0]._flat_params()
     _run(list(zip((model, half), opts)), x, y, 1)
     assert torch.allclose(opts[1]._flat_params(), torch.lerp(before, opts[0]._flat_params(), 0.5), atol=1e-7)
+
+
+def test_a_delayed_guard_rolls_back_a_nowcast_that_did_not_pay_off_and_resumes_exactly():
+    def make():
+        model, x, y = _regression(3)
+        opt = NiNo(torch.optim.Adam(model.parameters(), lr=0.01), model, ckpt=_FarOff(seq_len=10), period=5,
+                   max_train_steps=12, guard=lambda: F.mse_loss(model(x), y), guard_delay=3)
+        return model, opt, x, y
+
+    model, opt, x, y = make()
+    _run([(model, opt)], x, y, 4)
+    before = opt._flat_params()
+    adam_state = copy.deepcopy(opt.base_opt.state_dict())
+    assert not opt.need_grads  # the nowcast is taken for now: its gradients are not needed
+    _run([(model, opt)], x, y, 1)  # step 5: the far-off nowcast is written...
+    assert opt.num_nowcasts == 1 and not torch.equal(opt._flat_params(), before)
+    saved = copy.deepcopy((model.state_dict(), opt.state_dict()))  # ...and saved while awaiting its judgement
+    _run([(model, opt)], x, y, 3)  # step 8 = 5 + 3: worse than before it, so rolled back
+    assert torch.equal(opt._flat_params(), before) and opt.num_nowcasts == 0 and opt.num_rejected == 1
+    assert str(opt.base_opt.state_dict()) == str(adam_state)
+    assert [(h['step'], h['accepted']) for h in opt.guard_history] == [(5, False)]
+
+    resumed, other, _, _ = make()
+    resumed.load_state_dict(saved[0])
+    other.load_state_dict(saved[1])
+    _run([(resumed, other)], x, y, 3)
+    assert torch.equal(other._flat_params(), before) and other.guard_history == opt.guard_history
+
+
+def test_a_delayed_guard_keeps_a_nowcast_that_paid_off():
+    model, x, y = _regression(4)
+    opt = NiNo(torch.optim.SGD(model.parameters(), lr=0.02), model, ckpt=LinearExtrapolation(seq_len=10), period=5,
+               max_train_steps=12, guard=lambda: F.mse_loss(model(x), y), guard_delay=3)
+    _run([(model, opt)], x, y, 8)
+    (record,) = opt.guard_history
+    assert record['accepted'] and record['loss_after'] < record['loss_before'] and opt.num_nowcasts == 1
+
+
+def test_a_delayed_guard_makes_no_nowcast_it_could_not_judge_before_the_end():
+    model, x, y = _regression(5)
+    opt = NiNo(torch.optim.SGD(model.parameters(), lr=0.02), model, ckpt=LinearExtrapolation(seq_len=10), period=5,
+               max_train_steps=7, guard=lambda: F.mse_loss(model(x), y), guard_delay=3)
+    _run([(model, opt)], x, y, 5)  # step 5 would nowcast, but 5 + 3 > 7 steps
+    assert opt.num_nowcasts == 0 and opt.guard_history == [] and opt._states == []
