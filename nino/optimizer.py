@@ -241,12 +241,11 @@ class NiNo(torch.optim.Optimizer):
     def _guard(self, current: Tensor, x: Tensor, k: int) -> bool:
         """Score the current parameters and each candidate along the change to `x`; leave the best in
         the model and say whether it is a candidate (the current parameters are written back otherwise)."""
-        score = self._score
-        before = best = score()
+        before = best = self._score()
         best_scale = 0.0
         for scale in self.guard_scales:
             self._write(torch.lerp(current, x, scale))
-            loss = score()
+            loss = self._score()
             if loss < best:
                 best, best_scale = loss, scale
         accepted = best_scale > 0 and best < before - self.guard_margin

@@ -94,15 +94,7 @@ class ShardReader:
         spans = [(0, self.n_params)] if spans is None else spans
         out = np.empty((len(states), sum(b - a for a, b in spans)), '<u2')
         width = self.inner_params
-        chunks = sorted({p for a, b in spans for p in range(a // width, (b - 1) // width + 1)})
-        slot = {p: j for j, p in enumerate(chunks)}
-        pieces = []  # (chunk position in `chunks`, first, stop, column of `out`): the spans cut at chunk edges
-        column = 0
-        for a, b in spans:
-            for p in range(a // width, (b - 1) // width + 1):
-                first, stop = max(a, p * width), min(b, (p + 1) * width)
-                pieces.append((slot[p], first - p * width, stop - p * width, column + first - a))
-            column += b - a
+        chunks, pieces = self._pieces(spans)
         rows_of: dict[int, list[int]] = {}  # chunk along time -> rows of `out` it fills
         for row, state in enumerate(states):
             rows_of.setdefault(state // self.inner_states, []).append(row)
@@ -145,6 +137,20 @@ class ShardReader:
             for j, first, stop, dst in pieces:
                 out[rows, dst:dst + stop - first] = side[j, used, first:stop]
         return out.view(np.float16)
+
+    def _pieces(self, spans: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int, int, int]]]:
+        """(parameter chunks holding the spans, the spans cut at chunk edges: (position in those chunks,
+        first and stop column in the chunk, column of the output))."""
+        width = self.inner_params
+        chunks = sorted({p for a, b in spans for p in range(a // width, (b - 1) // width + 1)})
+        slot = {p: j for j, p in enumerate(chunks)}
+        pieces, column = [], 0
+        for a, b in spans:
+            for p in range(a // width, (b - 1) // width + 1):
+                first, stop = max(a, p * width), min(b, (p + 1) * width)
+                pieces.append((slot[p], first - p * width, stop - p * width, column + first - a))
+            column += b - a
+        return chunks, pieces
 
     def _scratch(self, shape: tuple[int, ...]) -> np.ndarray:
         """A reused buffer (one per thread) for the decoded chunks of one read (fresh pages cost more than
