@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -118,6 +118,8 @@ class PublishedGroup:
         self.layout = param_shapes(build_model(self.spec.arch))
         self.metric_names = list(task.metrics)
         self.num_params = task.n_params
+        self._lock = threading.Lock()
+        self._inflight: dict[Path, Future] = {}  # states being fetched: a second reader waits for the first
 
     @property
     def name(self) -> str:
@@ -137,9 +139,29 @@ class PublishedGroup:
         return out if spans is None else np.concatenate([out[:, a:b] for a, b in spans], 1)
 
     def _state(self, filename: str, row: int, state: int, state_bytes: int) -> bytes:
+        """One state's bytes: from the state cache, or fetched once (concurrent reads of it share the fetch)."""
         cached = self.cache / filename / str(row) / f'{state}.bin'
         if cached.is_file():
             return cached.read_bytes()
+        with self._lock:
+            future = self._inflight.get(cached)
+            first = future is None and not cached.is_file()  # (another thread may have just cached it)
+            if first:
+                future = self._inflight[cached] = Future()
+        if future is None:
+            return cached.read_bytes()
+        if not first:
+            return future.result()
+        try:
+            future.set_result(self._fetch(cached, filename, row, state, state_bytes))
+        except BaseException as err:
+            future.set_exception(err)
+        finally:
+            with self._lock:
+                del self._inflight[cached]
+        return future.result()
+
+    def _fetch(self, cached: Path, filename: str, row: int, state: int, state_bytes: int) -> bytes:
         if _offline(self.source):
             raise HubUnavailableError(f'{self.source.where}: {filename} trajectory {row} state {state} is not in '
                                       f'the local state cache {self.cache} and HF_HUB_OFFLINE is set')
