@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nino.baselines import LinearExtrapolation
+
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
 FIXTURES = sorted((SHARED / 'fixtures' / 'official').glob('*.npz'))
 OFFICIAL = SHARED / 'checkpoints' / 'official'
@@ -137,3 +139,10 @@ class Window:
 def windows_of(batch, ctx: int = 5) -> list[Window]:
     """The windows of a `WindowBatch`, each cut out with the batch's pointers."""
     return [Window(batch, w, ctx) for w in range(batch.num_windows)]
+
+
+class FarOff(LinearExtrapolation):
+    """A nowcaster whose predictions are far off (linear extrapolation + 25): any guard should refuse them."""
+
+    def forward(self, edge_attr, **kwargs):
+        return super().forward(edge_attr, **kwargs) + 25.0

@@ -15,6 +15,7 @@ from nino.checkpoint import save_nowcaster
 from nino.evaluation import Curve, markdown_table, run_curve, speedups, split_guard, steps_to_target
 from nino.model import NiNoConfig, build_nowcaster
 from pipeline.tasks import load_tasks
+from tests.conftest import FarOff
 
 STEPS = [0, 100, 200, 300, 400, 500]
 
@@ -75,18 +76,13 @@ def test_methods_share_initial_weights_and_batches():
     assert other.init_checksum != adam.init_checksum and other.batch_checksum != adam.batch_checksum
 
 
-class _FarOff(LinearExtrapolation):
-    def forward(self, edge_attr, **kwargs):
-        return super().forward(edge_attr, **kwargs) + 25.0
-
-
 def test_a_guarded_bad_nowcaster_ends_exactly_where_adam_ends():
     spec, = load_tasks({'tasks': [{'preset': 'digits-mlp', 'steps': 120, 'eval_every': 20}]})
     adam = run_curve(spec, 1000, 'adam', None, period=50)
-    guarded = run_curve(spec, 1000, 'far+guard2', _FarOff(seq_len=40), period=50)
+    guarded = run_curve(spec, 1000, 'far+guard2', FarOff(seq_len=40), period=50)
     assert guarded.rejected_steps == [50, 100] and guarded.nowcast_steps == []
     assert guarded.values == adam.values  # the base optimizer took every step, from the same parameters
-    unguarded = run_curve(spec, 1000, 'far', _FarOff(seq_len=40), period=50)
+    unguarded = run_curve(spec, 1000, 'far', FarOff(seq_len=40), period=50)
     assert unguarded.nowcast_steps == [50, 100] and unguarded.values[-1] != adam.values[-1]
     assert split_guard('nino_mlp+guard4') == ('nino_mlp', 4, 0) and split_guard('adam') == ('adam', 0, 0)
     assert split_guard('nino_mlp+guard4d100') == ('nino_mlp', 4, 100)

@@ -16,6 +16,7 @@ from nino.baselines import LinearExtrapolation
 from nino.graph import UnsupportedLayerError
 from nino.scaling import scale_states, unscale_states
 from pipeline.tasks import ConvNet
+from tests.conftest import FarOff
 
 PERIOD, STEPS, BATCH, LR = 10, 25, 32, 6e-3
 
@@ -245,13 +246,6 @@ def _regression(seed: int = 0):
     return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)), x, y
 
 
-class _FarOff(LinearExtrapolation):
-    """A nowcaster whose predictions are far off: any guard should turn them down."""
-
-    def forward(self, edge_attr, **kwargs):
-        return super().forward(edge_attr, **kwargs) + 25.0
-
-
 def _run(pairs, x, y, steps: int) -> None:
     for _ in range(steps):
         for model, opt in pairs:
@@ -271,7 +265,7 @@ def test_the_guard_turns_down_a_bad_nowcast_and_the_base_optimizer_steps(caplog)
         calls.append(torch.is_grad_enabled())
         return F.mse_loss(model(x), y).item()
 
-    opt = NiNo(torch.optim.SGD(model.parameters(), lr=0.05), model, ckpt=_FarOff(seq_len=10), period=5,
+    opt = NiNo(torch.optim.SGD(model.parameters(), lr=0.05), model, ckpt=FarOff(seq_len=10), period=5,
                max_train_steps=10, guard=guard)
     assert opt.need_grads  # with a guard the base optimizer may take a nowcast's step
     with caplog.at_level('INFO', logger='nino.optimizer'):
@@ -317,7 +311,7 @@ def test_upd_scale_and_k_power_are_the_papers_knobs():
 def test_a_delayed_guard_rolls_back_a_nowcast_that_did_not_pay_off_and_resumes_exactly():
     def make():
         model, x, y = _regression(3)
-        opt = NiNo(torch.optim.Adam(model.parameters(), lr=0.01), model, ckpt=_FarOff(seq_len=10), period=5,
+        opt = NiNo(torch.optim.Adam(model.parameters(), lr=0.01), model, ckpt=FarOff(seq_len=10), period=5,
                    max_train_steps=12, guard=lambda: F.mse_loss(model(x), y), guard_delay=3)
         return model, opt, x, y
 
