@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,10 @@ def write_table(rows: list[SpeedupRow], targets: dict[str, float], metrics: dict
     (out / 'summary.md').write_text(table + '\n')
     with open(out / 'speedups.csv', 'w', newline='') as f:
         w = csv.writer(f)
-        w.writerow(['task', 'method', 'seeds', 'reached', 'steps_mean', 'speedup_mean', 'speedup_std', 'compared'])
+        names = [f.name for f in fields(SpeedupRow)]
+        w.writerow(names)
         for r in rows:
-            w.writerow([r.task, r.method, r.seeds, r.reached, r.steps_mean, r.speedup_mean, r.speedup_std,
-                        r.compared])
+            w.writerow([getattr(r, n) for n in names])
     return table
 
 

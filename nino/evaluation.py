@@ -4,8 +4,10 @@
 checkpoint, or a baseline) and records the validation metric at every evaluation point. All
 methods of a (task, seed) start from the same initial weights and see the same batches in the
 same order (each curve carries checksums of both, so this can be checked). `steps_to_target`
-and `speedups` do the arithmetic: speedup = steps(base) / steps(method), mean and std over the
-seeds where both reached the target.
+and `speedups` do the arithmetic: speedup = steps(base) / steps(method), mean, std and a 95%
+t-interval of the mean over the seeds where both reached the target; beside it the metric at the
+end of the budget and on how many seeds it is at least the base's (same seed), so a method that
+reaches the target sooner but ends worse shows.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import t as student_t
 
 from pipeline.data import load_dataset
 from pipeline.record import evaluate, loss_and_correct, make_optimizer, torch_threads
@@ -162,6 +165,9 @@ class SpeedupRow:
     speedup_mean: float  # over the seeds where both it and the base reached it
     speedup_std: float
     compared: int  # seeds in the speedup statistics
+    speedup_ci: float = math.nan  # half-width of the 95% t-interval of speedup_mean
+    final_mean: float = math.nan  # the metric at the end of the budget, mean over seeds
+    final_not_worse: int = 0  # seeds where it ends at least as good as the base on the same seed
 
 
 def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -> list[SpeedupRow]:
@@ -174,7 +180,7 @@ def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -
         target = targets[task]
         seeds = sorted({c.seed for c in curves if c.task == task})
         for method in methods:
-            reached, ratios = [], []
+            reached, ratios, finals, not_worse = [], [], [], 0
             for seed in seeds:
                 c = by_key.get((task, seed, method))
                 if c is None:
@@ -183,33 +189,43 @@ def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -
                 s = steps_to_target(c.steps, c.values, target, higher)
                 if not math.isnan(s):
                     reached.append(s)
+                finals.append(c.values[-1])
                 b = by_key.get((task, seed, base))
                 sb = steps_to_target(b.steps, b.values, target, higher) if b else math.nan
                 if not (math.isnan(s) or math.isnan(sb)):
                     ratios.append(max(sb, 1.0) / max(s, 1.0))
-            n = sum((task, seed, method) in by_key for seed in seeds)
-            rows.append(SpeedupRow(task, method, n, len(reached),
+                if b is not None and (c.values[-1] >= b.values[-1] if higher else c.values[-1] <= b.values[-1]):
+                    not_worse += 1
+            ci = math.nan
+            if len(ratios) > 1:
+                ci = float(student_t.ppf(0.975, len(ratios) - 1) * np.std(ratios, ddof=1) / math.sqrt(len(ratios)))
+            rows.append(SpeedupRow(task, method, len(finals), len(reached),
                                    float(np.mean(reached)) if reached else math.nan,
                                    float(np.mean(ratios)) if ratios else math.nan,
-                                   float(np.std(ratios)) if ratios else math.nan, len(ratios)))
+                                   float(np.std(ratios)) if ratios else math.nan, len(ratios), ci,
+                                   float(np.mean(finals)) if finals else math.nan, not_worse))
     return rows
 
 
 def markdown_table(rows: list[SpeedupRow], targets: dict[str, float], metric_names: dict[str, str]) -> str:
-    """The speedup table a person reads."""
-    lines = ['| task | target | method | reached | steps to target | speedup vs Adam | fewer steps |',
-             '|---|---|---|---:|---:|---:|---:|']
+    """The speedup table a person reads: per method, how often and how fast it reaches the target, the
+    speedup (mean ± std, and the 95% interval of the mean), and the metric at the end of the budget."""
+    lines = ['| task | target | method | reached | steps to target | speedup vs Adam | 95% interval | fewer steps '
+             '| at the end | end >= Adam |',
+             '|---|---|---|---:|---:|---:|---:|---:|---:|---:|']
     for r in rows:
         name = metric_names.get(r.task, 'val_acc')
         sign = '>=' if HIGHER_IS_BETTER[name] else '<='
         steps = '-' if math.isnan(r.steps_mean) else f'{r.steps_mean:.0f}'
-        if math.isnan(r.speedup_mean):
-            speed, fewer = '-', '-'
-        else:
+        speed = interval = fewer = '-'
+        if not math.isnan(r.speedup_mean):
             speed = f'{r.speedup_mean:.2f}x ± {r.speedup_std:.2f}'
             fewer = f'{100 * (1 - 1 / r.speedup_mean):.0f}%'
+        if not math.isnan(r.speedup_ci):
+            interval = f'{r.speedup_mean - r.speedup_ci:.2f}-{r.speedup_mean + r.speedup_ci:.2f}x'
+        final = '-' if math.isnan(r.final_mean) else f'{r.final_mean:.3f}'
         lines.append(f'| {r.task} | {name} {sign} {targets[r.task]:g} | {r.method} | {r.reached}/{r.seeds} '
-                     f'| {steps} | {speed} | {fewer} |')
+                     f'| {steps} | {speed} | {interval} | {fewer} | {final} | {r.final_not_worse}/{r.seeds} |')
     return '\n'.join(lines)
 
 

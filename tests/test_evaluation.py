@@ -45,9 +45,12 @@ def test_speedups_use_only_seeds_where_both_reached():
     assert nino.speedup_mean == pytest.approx(2.5) and nino.speedup_std == pytest.approx(0.5)  # 400/200, 300/100
     assert nino.steps_mean == pytest.approx((200 + 100 + 100) / 3)
     assert rows['bad'].reached == 0 and math.isnan(rows['bad'].speedup_mean)
+    assert nino.speedup_ci == pytest.approx(12.7062 * 0.5, rel=1e-4)  # t(0.975, 1) * sd / sqrt(2)
+    assert (nino.final_mean, nino.final_not_worse) == (pytest.approx(0.9), 3)
+    assert (rows['bad'].final_mean, rows['bad'].final_not_worse) == (0.0, 1)  # only seed 2 (Adam ends at 0 too)
     table = markdown_table(list(rows.values()), {'t': 0.8}, {'t': 'val_acc'})
-    assert '| t | val_acc >= 0.8 | nino | 3/3 | 133 | 2.50x ± 0.50 | 60% |' in table
-    assert '| t | val_acc >= 0.8 | bad | 0/3 | - | - | - |' in table
+    assert '| t | val_acc >= 0.8 | nino | 3/3 | 133 | 2.50x ± 0.50 | -3.85-8.85x | 60% | 0.900 | 3/3 |' in table
+    assert '| t | val_acc >= 0.8 | bad | 0/3 | - | - | - | - | 0.000 | 1/3 |' in table
 
 
 def test_speedup_of_a_method_reaching_at_step_zero_is_finite():
