@@ -211,6 +211,11 @@ class WindowStream(IterableDataset):
         for group in groups.values():  # validate on the driver: fail before any worker starts
             self._check_task(group, only_done)
 
+    def __getstate__(self) -> dict:
+        """Pickled without per-process state (open stores, thread pool, arenas): the receiving process
+        (a DataLoader worker started with spawn) opens its own."""
+        return {**self.__dict__, '_tasks': None, '_pool': None, '_arenas': None, '_pid': 0}
+
     def _check_task(self, group: TaskGroup, only_done: bool) -> None:
         spec, c = group.spec, self.config
         if c.step % spec.record_every:

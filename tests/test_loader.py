@@ -3,6 +3,7 @@ only verified data."""
 
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 
@@ -95,6 +96,8 @@ def test_stream_is_deterministic_across_workers_and_resumable(small_store):
     got = [b for _, b in zip(range(4), window_loader(stream, num_workers=2))]
     for a, b in zip(expected, got):
         assert torch.equal(a.edge_attr, b.edge_attr) and torch.equal(a.targets(), b.targets())
+    copied = pickle.loads(pickle.dumps(stream))  # after use: open stores and threads stay behind
+    assert torch.equal(copied.batch(1).edge_attr, expected[1].edge_attr)
     resumed = WindowStream(str(small_store), CFG, seed=11, start=2)
     assert torch.equal(next(iter(resumed)).edge_attr, expected[2].edge_attr)
     rank1 = WindowStream(str(small_store), CFG, seed=11, start=1, shard=(1, 2))
