@@ -1,4 +1,5 @@
-"""Rewrite a store in the current layout version (`python -m pipeline migrate SRC DST`).
+"""Rewrite a store in the current layout (`python -m pipeline migrate SRC DST`): a version-1 store, or a
+version-2 store whose task groups were laid out before a layout change.
 
 One Ray task per trajectory: it copies the trajectory's states shard by shard from SRC into DST
 (written in `store.VERSION`'s layout), reads every shard back and compares it bit for bit,

@@ -220,3 +220,34 @@ def test_the_local_reader_keeps_a_bounded_number_of_files_open(tmp_path, monkeyp
     states = np.arange(0, 101, 3)
     assert np.array_equal(reader.read(1, states).view(np.uint16), x[states].view(np.uint16))
     assert len(psutil.Process().open_files()) - before <= 5
+
+
+def test_migrate_rewrites_a_version_2_store_in_the_current_layout(tmp_path, monkeypatch):
+    import hashlib
+
+    import ray
+
+    from pipeline.migrate import migrate
+    layout = [('transformer.wte.weight', (1100, 3)), ('transformer.h.0.mlp.weight', (7, 41))]
+    spec = _spec(name='lm', steps=3000, record_every=200, eval_every=400, trajectories=2)
+    n = 1100 * 3 + 7 * 41
+    # written before the row blocks and byte planes: full-width chunks, Blosc zstd-3
+    monkeypatch.setattr('pipeline.store.v2_chunking', lambda s, r, lay: (8, n, 'delta-blosc-zstd-shuffle'))
+    src = TrajectoryStore(tmp_path / 'old')
+    group = src.ensure_group(spec, layout, list(METRICS))
+    x = np.cumsum(np.random.default_rng(6).normal(0, 0.01, (16, n)), axis=0).astype(np.float16)
+    group.write_states(0, 0, x)
+    group.write_metrics(0, np.zeros((16, len(METRICS)), np.float32))
+    digest = hashlib.sha256(group.read_params(0).tobytes() + group.read_metrics(0).tobytes()).hexdigest()
+    src.manifest().upsert({'task': 'lm', 'index': 0, 'status': 'done', 'checksum': digest})
+    assert group.params.chunks == (1, 8, n)
+    monkeypatch.undo()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level='ERROR', log_to_driver=False)
+    try:
+        summary = migrate(str(tmp_path / 'old'), str(tmp_path / 'new'), progress=False)
+    finally:
+        ray.shutdown()
+    assert (summary.done, summary.failed, summary.not_done) == (1, [], 1)
+    new = TrajectoryStore(tmp_path / 'new', mode='r').group('lm')
+    assert new.params.chunks == (1, 8, 192) and new.group.attrs['params_codec'] == 'delta-byteplanes-zstd1'
+    assert np.array_equal(new.read_params(0).view(np.uint16), x.view(np.uint16))
