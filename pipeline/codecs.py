@@ -111,7 +111,7 @@ def join_planes(blob, out: np.ndarray) -> None:
 
 @dataclass(frozen=True)
 class BytePlanesCodec(BytesBytesCodec):
-    """Compress the high bytes of 2-byte values with zstd at `level`; keep the low bytes raw."""
+    """Compress the high bytes of 2-byte values with zstd at `level`, the low bytes with lz4."""
 
     is_fixed_size = False
     level: int = 1

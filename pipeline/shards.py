@@ -99,11 +99,14 @@ class ShardReader:
         for row, state in enumerate(states):
             rows_of.setdefault(state // self.inner_states, []).append(row)
         plan = []  # (key, offset, nbytes) of every chunk asked for: time chunk-major, then `chunks`
+        shards = {}  # (shard along time, shard along parameters) -> (key, index): looked up once per read
         for t in rows_of:
             for p in chunks:
                 shard = (t // self.states_per_shard, p // self.params_per_shard)
-                key = f'c/{traj}/{shard[0]}/{shard[1]}'
-                index = self._shard_index(traj, shard, key)
+                if shard not in shards:
+                    key = f'c/{traj}/{shard[0]}/{shard[1]}'
+                    shards[shard] = key, self._shard_index(traj, shard, key)
+                key, index = shards[shard]
                 inner = (t % self.states_per_shard) * self.params_per_shard + p % self.params_per_shard
                 plan.append((key, *(index[inner] if index is not None else (_EMPTY, 0))))
         blobs = iter(self.fetch([(key, o, o + n) for key, o, n in plan if o != _EMPTY]))

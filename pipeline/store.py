@@ -92,7 +92,7 @@ def v2_chunking(n_states: int, record_every: int, layout: list[tuple[str, tuple[
     Windows that skip states (vision: recorded every 4 steps, read 200 apart) get pairs of states,
     delta-coded, lz4hc: 0.77-0.79 of raw on real FM-16 states, decoding at ~4.6 GB/s and at most
     one extra state per state read. Windows that read consecutive states (language models, recorded
-    every 200 steps) get 8 states per chunk, delta-coded, byte planes (zstd-1 high bytes, raw low
+    every 200 steps) get 8 states per chunk, delta-coded, byte planes (zstd-1 high bytes, lz4 low
     bytes): 0.77 of raw on real GPT-2 states where Blosc zstd-3 gives 0.80, written 2-3x faster
     (4 states per chunk: 0.82 with Blosc; longer chunks decode more states a window does not use).
     Inner chunks span every parameter, except for a word embedding of more than WTE_CHUNK_ROWS_MIN
