@@ -63,7 +63,8 @@ class NiNo(torch.optim.Optimizer):
         period: steps between nowcasts (c states are recorded `period // c` steps apart).
         max_train_steps: planned length of training; sets the decay of k.
         device: where the nowcaster runs and states are kept (default: the model's device).
-        num_heads: attention heads of a GPT-2 that has no `config.n_head`.
+        num_heads: attention heads of a transformer whose config does not say (e.g. modded-nanogpt).
+        num_key_value_heads: key/value heads (grouped-query attention) when the config does not say.
         lpe: a precomputed Laplacian positional encoding (num_nodes, k) to use instead of computing one.
         upd_scale: factor on the predicted change (1: the prediction as it is).
         k_power: power of the decay of the horizon k over training (2, as the paper).
@@ -79,7 +80,8 @@ class NiNo(torch.optim.Optimizer):
     def __init__(self, base_opt: torch.optim.Optimizer, model: nn.Module,
                  ckpt: str | Path | Nowcaster | None = None, period: int = 1000,
                  max_train_steps: int = 10000, device: str | torch.device | None = None,
-                 num_heads: int | None = None, lpe: Tensor | None = None, upd_scale: float = 1.0,
+                 num_heads: int | None = None, num_key_value_heads: int | None = None,
+                 lpe: Tensor | None = None, upd_scale: float = 1.0,
                  k_power: float = 2.0, guard: Callable[[], float | Tensor] | None = None,
                  guard_scales: Sequence[float] = (1.0, 0.5, 0.25), guard_margin: float = 0.0,
                  guard_delay: int = 0) -> None:
@@ -116,7 +118,7 @@ class NiNo(torch.optim.Optimizer):
                              f'input states are recorded period // ctx steps apart')
         self.ctx = cfg.ctx
         self.interval = period // cfg.ctx
-        self.graph = graph_for_module(model, num_heads=num_heads)
+        self.graph = graph_for_module(model, num_heads=num_heads, num_key_value_heads=num_key_value_heads)
         for name, shape in self.graph.params:
             if len(shape) == 4 and shape[2] * shape[3] > cfg.max_feat_size:
                 raise UnsupportedLayerError(f"parameter '{name}' has a {shape[2]}x{shape[3]} kernel but the "

@@ -11,7 +11,9 @@ import pytest
 from nino.baselines import LinearExtrapolation
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
-FIXTURES = sorted((SHARED / 'fixtures' / 'official').glob('*.npz'))
+#: Fixtures holding a whole-model graph (the subgraph-mode fixture has per-block LPEs instead).
+FIXTURES = sorted((SHARED / 'fixtures' / 'official').glob('*.npz')) + sorted(
+    p for p in (SHARED / 'fixtures' / 'transformers').glob('*.npz') if not p.stem.endswith('_subgraph'))
 OFFICIAL = SHARED / 'checkpoints' / 'official'
 FASHION = SHARED / 'data' / 'fashion-mnist-t10k-4443'
 
