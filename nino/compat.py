@@ -1,7 +1,8 @@
 """Parity check against the paper's reference code: `python -m nino.compat FIXTURE.npz [...]`.
 
 A fixture (format: `../shared/fixtures/official/README.md`) holds parameter states and what the
-reference code computed from them. This command rebuilds the neural graph, the scaled edge
+reference code computed from them; a subgraph-mode fixture (`meta.subgraph`) holds the split into
+blocks and per-block positional encodings instead of one graph. This command rebuilds the neural graph, the scaled edge
 features and the predictions of each published checkpoint with this project's code, prints the
 differences, and exits 1 when any prediction is off by more than `--tol` (default 1e-4) or the
 graph differs.
@@ -20,6 +21,7 @@ import torch
 
 from .checkpoint import load_nowcaster
 from .graph import build_graph
+from .nowcast import ModelGraphs
 from .scaling import scale_states, unscale_states
 
 TOLERANCE = 1e-4
@@ -33,8 +35,11 @@ class ParityRow:
 
 
 def default_ckpt_dir(fixture: Path) -> Path:
-    """`checkpoints/official` beside the fixtures folder's parent (the `shared/` layout)."""
-    return fixture.resolve().parent.parent.parent / 'checkpoints' / 'official'
+    """In the `shared/` layout: `checkpoints/<the fixture's folder>` if there is one (e.g. `synthetic`),
+    else `checkpoints/official`."""
+    root = fixture.resolve().parent.parent.parent / 'checkpoints'
+    own = root / fixture.resolve().parent.name
+    return own if own.is_dir() else root / 'official'
 
 
 def check_fixture(fixture: Path, ckpt_dir: Path, tol: float = TOLERANCE) -> list[ParityRow]:
@@ -45,6 +50,8 @@ def check_fixture(fixture: Path, ckpt_dir: Path, tol: float = TOLERANCE) -> list
         params = [(name, tuple(shape)) for name, shape in meta['params']]
     except KeyError as err:
         raise ValueError(f'{fixture}: missing field {err}') from None
+    if meta.get('subgraph'):
+        return _check_subgraphs(data, meta, params, ckpt_dir, tol)
     graph = build_graph(params, **meta.get('graph_kwargs', {}))
     rows = []
     for key, ours in [('edge_index', graph.edge_index), ('edge_type', graph.edge_type), ('pos_w', graph.pos_w)]:
@@ -68,17 +75,40 @@ def check_fixture(fixture: Path, ckpt_dir: Path, tol: float = TOLERANCE) -> list
             with torch.no_grad():
                 pred = model(features, graph.edge_type, graph.edge_index, lpe, graph.pos_w, k=int(k))
             x = unscale_states(graph.to_vector(pred), params, stats)
-            err = float(np.abs(x.numpy() - data[f'pred_{tag}_k{k}']).max())
-            rows.append(ParityRow(f'pred {ckpt_name} k={k}', err, err <= tol))
+            rows.append(_prediction_row(ckpt_name, k, x, data[f'pred_{tag}_k{k}'], tol))
     return rows
+
+
+def _check_subgraphs(data: np.lib.npyio.NpzFile, meta: dict, params: list, ckpt_dir: Path,
+                     tol: float) -> list[ParityRow]:
+    """Subgraph mode: the same split into blocks, then each checkpoint's whole predicted vector."""
+    graphs = ModelGraphs.build(params, subgraph=True, **meta.get('graph_kwargs', {}))
+    blocks = [[name for name, _ in part.graph.params] for part in graphs.parts]
+    same = blocks == meta['blocks']
+    rows = [ParityRow('blocks', 0.0 if same else float('inf'), same)]
+    if not same:
+        return rows
+    graphs.set_lpe([torch.from_numpy(data[f'lpe_block{i}']) for i in range(len(blocks))], k=8)
+    states = torch.from_numpy(data['states']).float()
+    for tag, ckpt_name in meta['nino_ckpts'].items():
+        model = load_nowcaster(ckpt_dir / ckpt_name)
+        for k in meta['ks']:
+            x = graphs.predict(model, states, int(k))
+            rows.append(_prediction_row(ckpt_name, k, x, data[f'pred_{tag}_k{k}'], tol))
+    return rows
+
+
+def _prediction_row(ckpt_name: str, k: int, x: torch.Tensor, ref: np.ndarray, tol: float) -> ParityRow:
+    err = float(np.abs(x.numpy() - ref).max())
+    return ParityRow(f'pred {ckpt_name} k={k}', err, err <= tol)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m nino.compat', description=__doc__.split('\n\n')[0])
     parser.add_argument('fixtures', nargs='+', type=Path, help='reference fixture .npz files')
     parser.add_argument('--ckpt-dir', type=Path, default=None,
-                        help='folder with the published checkpoints (default: ../../checkpoints/official '
-                             'from the fixture)')
+                        help='folder with the checkpoints the fixture names (default: ../../checkpoints/<the '
+                             'fixture folder> from the fixture if it exists, else ../../checkpoints/official)')
     parser.add_argument('--tol', type=float, default=TOLERANCE, help='max abs error allowed for predictions')
     args = parser.parse_args(argv)
 

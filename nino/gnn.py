@@ -90,7 +90,13 @@ class EdgeModulatedConv(nn.Module):
         self.update = nn.Linear(2 * dim, dim)  # on [h, aggregated messages]
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, h: Tensor, edge_index: Tensor, edges: Edges, chunk_size: int | None = None) -> Tensor:
+    def forward(self, h: Tensor, edge_index: Tensor, edges: Edges, chunk_size: int | None = None,
+                sample_ratio: float = 0.0) -> Tensor:
+        """`sample_ratio` in (0, 1): aggregate messages over that random fraction of the edges only."""
+        if 0.0 < sample_ratio < 1.0:
+            keep = torch.randperm(len(edges), device=edge_index.device)[:int(len(edges) * sample_ratio)]
+            edge_index = edge_index[:, keep]
+            edges = Edges(edges.x.index_select(0, keep), edges.weight, edges.bias)
         src, dst = edge_index
         num_nodes = h.shape[0]
         w_dst, w_src = self.message.weight[:, :self.dim], self.message.weight[:, self.dim:]
@@ -151,7 +157,7 @@ class MessagePassingLayer(nn.Module):
         self.conv = EdgeModulatedConv(dim)
         self.edge_update = EdgeUpdate(dim)
 
-    def forward(self, h: Tensor, edge_index: Tensor, edges: Edges,
-                chunk_size: int | None = None) -> tuple[Tensor, Edges]:
-        h = F.silu(self.conv(h, edge_index, edges, chunk_size))
+    def forward(self, h: Tensor, edge_index: Tensor, edges: Edges, chunk_size: int | None = None,
+                sample_ratio: float = 0.0) -> tuple[Tensor, Edges]:
+        h = F.silu(self.conv(h, edge_index, edges, chunk_size, sample_ratio))
         return h, self.edge_update(h, edge_index, edges, chunk_size)

@@ -100,9 +100,11 @@ class NiNoGNN(Nowcaster):
 
     def forward(self, edge_attr: Tensor, edge_type: Tensor, edge_index: Tensor,
                 lpe: Tensor | None = None, pos_w: Tensor | None = None, k: int | None = None,
-                add_last: bool = True) -> Tensor:
+                add_last: bool = True, edge_sample_ratio: float = 0.0) -> Tensor:
         """Predict (E, feat) at horizon k, or (E, feat, seq_len) for all horizons when k is None;
-        `add_last=False` (all horizons only) returns the predicted change from the last state."""
+        `add_last=False` (all horizons only) returns the predicted change from the last state.
+        `edge_sample_ratio` in (0, 1) (inference only): each layer's messages pass over that random
+        fraction of the edges, as the reference's large-model mode; edge updates still cover every edge."""
         c = self.config
         feat = self._check_features(edge_attr)
         self._check_k(k)
@@ -122,8 +124,10 @@ class NiNoGNN(Nowcaster):
             if pos_w is None:
                 raise ValueError('this nowcaster needs pos_w (word-embedding row index per node)')
             h = h + self.word_embed(pos_w)
+        if edge_sample_ratio and torch.is_grad_enabled():
+            raise ValueError('edge_sample_ratio is for inference (torch.no_grad()) only')
         for layer in self.layers:
-            h, edges = layer(h, edge_index, edges, c.chunk_size)
+            h, edges = layer(h, edge_index, edges, c.chunk_size, edge_sample_ratio)
 
         hidden, out = self.head[0], self.head[2]
         if k is None:

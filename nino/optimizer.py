@@ -35,9 +35,9 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import load_nowcaster
-from .graph import UnsupportedLayerError, graph_for_module, laplacian_pe
+from .graph import UnsupportedLayerError
 from .model import Nowcaster
-from .scaling import scale_states, unscale_states
+from .nowcast import ModelGraphs
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,13 @@ class NiNo(torch.optim.Optimizer):
         device: where the nowcaster runs and states are kept (default: the model's device).
         num_heads: attention heads of a transformer whose config does not say (e.g. modded-nanogpt).
         num_key_value_heads: key/value heads (grouped-query attention) when the config does not say.
-        lpe: a precomputed Laplacian positional encoding (num_nodes, k) to use instead of computing one.
+        lpe: a precomputed Laplacian positional encoding (num_nodes, k) to use instead of computing one
+            (with `subgraph`: a list, one per block; None entries are computed).
+        subgraph: one neural graph per transformer block, nowcast one after another (the reference's
+            large-model mode): memory is bounded by the largest block's graph, not the model's.
+        edge_sample_ratio: in (0, 1): messages pass over that random fraction of edges at each nowcast
+            (the reference's large-model knob); every parameter is still predicted. 0: all edges.
+        amp: run the nowcaster under bfloat16 autocast (less memory and time; predictions less exact).
         upd_scale: factor on the predicted change (1: the prediction as it is).
         k_power: power of the decay of the horizon k over training (2, as the paper).
         guard: a callable returning a loss of the model as it is when called (e.g. on a few held-out
@@ -81,7 +87,8 @@ class NiNo(torch.optim.Optimizer):
                  ckpt: str | Path | Nowcaster | None = None, period: int = 1000,
                  max_train_steps: int = 10000, device: str | torch.device | None = None,
                  num_heads: int | None = None, num_key_value_heads: int | None = None,
-                 lpe: Tensor | None = None, upd_scale: float = 1.0,
+                 lpe: Tensor | Sequence[Tensor | None] | None = None, subgraph: bool = False,
+                 edge_sample_ratio: float = 0.0, amp: bool = False, upd_scale: float = 1.0,
                  k_power: float = 2.0, guard: Callable[[], float | Tensor] | None = None,
                  guard_scales: Sequence[float] = (1.0, 0.5, 0.25), guard_margin: float = 0.0,
                  guard_delay: int = 0) -> None:
@@ -98,6 +105,10 @@ class NiNo(torch.optim.Optimizer):
         self.guard_margin = guard_margin
         self.guard_delay = guard_delay
         self.guard_history: list[dict] = []  # one entry per guarded nowcast
+        if not 0.0 <= edge_sample_ratio < 1.0:
+            raise ValueError(f'edge_sample_ratio must be in [0, 1), got {edge_sample_ratio}')
+        self.edge_sample_ratio = edge_sample_ratio
+        self.amp = amp
         self._pending: dict | None = None  # a nowcast awaiting its delayed judgement, with the copy to roll back to
         if guard is not None and (not self.guard_scales or min(self.guard_scales) <= 0):
             raise ValueError(f'guard_scales must be positive scales of the predicted change, got {guard_scales}')
@@ -118,19 +129,14 @@ class NiNo(torch.optim.Optimizer):
                              f'input states are recorded period // ctx steps apart')
         self.ctx = cfg.ctx
         self.interval = period // cfg.ctx
-        self.graph = graph_for_module(model, num_heads=num_heads, num_key_value_heads=num_key_value_heads)
-        for name, shape in self.graph.params:
+        self.graphs = ModelGraphs.for_module(model, num_heads, num_key_value_heads, subgraph)
+        for name, shape in self.graphs.params:
             if len(shape) == 4 and shape[2] * shape[3] > cfg.max_feat_size:
                 raise UnsupportedLayerError(f"parameter '{name}' has a {shape[2]}x{shape[3]} kernel but the "
                                             f"nowcaster supports at most {cfg.max_feat_size} positions")
-        if lpe is not None and cfg.gnn and tuple(lpe.shape) != (self.graph.num_nodes, cfg.lpe):
-            raise ValueError(f'lpe must have shape ({self.graph.num_nodes}, {cfg.lpe}), got {tuple(lpe.shape)}')
-        if lpe is None and cfg.gnn and cfg.lpe:
-            lpe = laplacian_pe(self.graph.edge_index, self.graph.num_nodes, cfg.lpe)
-        self._graph_inputs = dict(edge_type=self.graph.edge_type.to(self.device),
-                                  edge_index=self.graph.edge_index.to(self.device),
-                                  lpe=None if lpe is None or not cfg.gnn else lpe.float().to(self.device),
-                                  pos_w=self.graph.pos_w.to(self.device))
+        if cfg.gnn and cfg.lpe:
+            self.graphs.set_lpe(lpe, cfg.lpe)
+        self.graphs.to(self.device)
         self.k_schedule = k_schedule(cfg.seq_len, max_train_steps, period, k_power)
 
     @property
@@ -195,9 +201,8 @@ class NiNo(torch.optim.Optimizer):
         states = torch.stack(self._states, dim=1)
         self._states = []
         k = self.current_k()
-        scaled, stats = scale_states(states, self.graph.params)
-        pred = self.nowcaster(self.graph.edge_features(scaled), k=k, **self._graph_inputs)
-        x = unscale_states(self.graph.to_vector(pred), self.graph.params, stats)
+        x = self.graphs.predict(self.nowcaster, states, k, self.edge_sample_ratio,
+                                torch.bfloat16 if self.amp else None)
         if not bool(torch.isfinite(x).all()):
             self.num_rejected += 1
             warnings.warn(f'NiNo: the nowcast at step {self.step_idx + 1} (k={k}) has NaN/Inf values; '
@@ -278,8 +283,8 @@ class NiNo(torch.optim.Optimizer):
                          'pending': None if self._pending is None
                          else {**self._pending, 'params': self._pending['params'].cpu().clone()},
                          'states': [s.detach().cpu().clone() for s in self._states],
-                         'lpe': None if self.nowcaster is None or self._graph_inputs['lpe'] is None
-                         else self._graph_inputs['lpe'].cpu().clone()}}
+                         'lpe': None if self.nowcaster is None or self.graphs.parts[0].lpe is None
+                         else [pe.cpu().clone() for pe in self.graphs.lpe]}}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict()`; period and max_train_steps must match this wrapper's."""
@@ -304,8 +309,11 @@ class NiNo(torch.optim.Optimizer):
         device = self.device if self.nowcaster is not None else 'cpu'
         self._states = [s.to(device) for s in nino['states']]
         lpe = nino.get('lpe')
-        if lpe is not None and self.nowcaster is not None and self._graph_inputs['lpe'] is not None:
-            if lpe.shape != self._graph_inputs['lpe'].shape:
-                raise ValueError(f'NiNo state_dict holds a positional encoding of shape {tuple(lpe.shape)}, '
-                                 f'this graph needs {tuple(self._graph_inputs["lpe"].shape)}')
-            self._graph_inputs['lpe'] = lpe.to(self.device)
+        if lpe is not None and self.nowcaster is not None and self.graphs.parts[0].lpe is not None:
+            lpe = [lpe] if isinstance(lpe, Tensor) else lpe  # saved before subgraphs: one tensor
+            ours = [tuple(pe.shape) for pe in self.graphs.lpe]
+            if [tuple(pe.shape) for pe in lpe] != ours:
+                raise ValueError(f'NiNo state_dict holds positional encodings of shapes '
+                                 f'{[tuple(pe.shape) for pe in lpe]}, this model needs {ours}')
+            for part, pe in zip(self.graphs.parts, lpe):
+                part.lpe = pe.float().to(self.device)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from nino import NiNo, k_schedule, load_nowcaster
 from nino.baselines import LinearExtrapolation
-from nino.graph import UnsupportedLayerError
+from nino.graph import UnsupportedLayerError, graph_for_module, laplacian_pe
 from nino.scaling import scale_states, unscale_states
 from pipeline.tasks import ConvNet
 from tests.conftest import FarOff
@@ -74,10 +74,12 @@ def test_fm16_nowcasts_twice_and_writes_the_prediction(gnn, fashion_mnist):
     assert [i + 1 for i, need in enumerate(log['need_grads']) if not need] == [10, 20]
     assert opt.k_schedule.tolist() == [40, 1]
     for states, after, k in zip(log['states'], log['after'], [40, 1]):
-        scaled, stats = scale_states(states, opt.graph.params)
+        g = graph_for_module(model)
+        scaled, stats = scale_states(states, g.params)
         with torch.no_grad():
-            pred = gnn(opt.graph.edge_features(scaled), k=k, **opt._graph_inputs)
-        expected = unscale_states(opt.graph.to_vector(pred), opt.graph.params, stats)
+            pred = gnn(g.edge_features(scaled), g.edge_type, g.edge_index, laplacian_pe(g.edge_index, g.num_nodes),
+                       g.pos_w, k=k)
+        expected = unscale_states(g.to_vector(pred), g.params, stats)
         assert torch.equal(after, expected)
         assert not torch.equal(after, states[:, -1])
     assert np.isfinite(losses).all() and np.mean(losses[-5:]) < np.mean(losses[:5])
@@ -181,7 +183,7 @@ def test_a_precomputed_lpe_is_used(gnn, fashion_mnist):
     model = ConvNet()
     lpe = torch.randn(95, 8)
     opt = NiNo(torch.optim.AdamW(model.parameters(), lr=LR), model, ckpt=gnn, period=PERIOD, lpe=lpe)
-    assert torch.equal(opt._graph_inputs['lpe'], lpe)
+    assert torch.equal(opt.graphs.lpe[0], lpe)
     with pytest.raises(ValueError, match=r'lpe must have shape \(95, 8\)'):
         NiNo(torch.optim.AdamW(model.parameters(), lr=LR), model, ckpt=gnn, lpe=torch.randn(10, 8))
 

@@ -140,3 +140,74 @@ def test_nino_wrapper_nowcasts_a_llama(official_dir):
     (n_adam, adam), (n_nino, nowcast) = runs
     assert (n_adam, n_nino) == (0, 1) and bool(torch.isfinite(nowcast).all())
     assert float((nowcast - adam).abs().max()) > 2 * 2e-3  # the nowcast moved weights by more than two Adam steps
+
+
+def test_subgraph_fixture_equals_reference(official_dir):
+    from nino.compat import check_fixture
+
+    rows = check_fixture(TRANSFORMERS / 'gpt2_3_24_subgraph.npz', official_dir)
+    assert [r.what for r in rows] == ['blocks'] + [f'pred nino_no_posw.pt k={k}' for k in (1, 10, 40)]
+    assert all(r.ok for r in rows), rows
+
+
+def test_subgraphs_cover_the_model_and_bound_the_graph_size():
+    from nino.nowcast import ModelGraphs
+
+    model = _llama(num_hidden_layers=3, vocab_size=64)
+    whole = ModelGraphs.for_module(model)
+    parts = ModelGraphs.for_module(model, subgraph=True)
+    names = [[n for n, _ in p.graph.params] for p in parts.parts]
+    assert len(names) == 3 and names[0][0] == 'model.embed_tokens.weight' and names[-1][-2:] == ['model.norm.weight',
+                                                                                                   'lm_head.weight']
+    assert sum(names, []) == [n for n, _ in model.named_parameters()]
+    assert [p.start for p in parts.parts[1:]] == [p.stop for p in parts.parts[:-1]]
+    assert parts.num_params == whole.num_params
+    assert max(p.graph.num_edges for p in parts.parts) < whole.parts[0].graph.num_edges / 2
+    with pytest.raises(ValueError, match='not one of the known transformer families'):
+        ModelGraphs.for_module(torch.nn.Sequential(torch.nn.Linear(3, 4)), subgraph=True)
+
+
+def test_edge_sampling_passes_messages_over_a_random_subset_of_edges():
+    from nino.gnn import EdgeModulatedConv, Edges
+
+    torch.manual_seed(0)
+    conv = EdgeModulatedConv(8)
+    h, x = torch.randn(30, 8), torch.randn(200, 5)
+    edge_index = torch.randint(0, 30, (2, 200))
+    w, b = torch.randn(8, 5), torch.randn(8)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        keep = torch.randperm(200)[:50]
+        expected = conv(h, edge_index[:, keep], Edges(x[keep], w, b))
+        torch.manual_seed(1)
+        sampled = conv(h, edge_index, Edges(x, w, b), sample_ratio=0.25)
+        full = conv(h, edge_index, Edges(x, w, b))
+    torch.testing.assert_close(sampled, expected)
+    assert not torch.allclose(sampled, full)
+
+
+def test_nino_wrapper_subgraph_edge_sampling_and_bf16(official_dir):
+    import nino
+
+    tokens = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
+    results = {}
+    for name, kw in {'whole': {}, 'subgraph': {'subgraph': True}, 'sampled': {'subgraph': True,
+                                                                            'edge_sample_ratio': 0.05},
+                     'bf16': {'amp': True}}.items():
+        model = _llama(num_hidden_layers=3, vocab_size=64)
+        opt = nino.NiNo(torch.optim.AdamW(model.parameters(), lr=2e-3), model, ckpt=official_dir / 'nino_no_posw.pt',
+                        period=10, max_train_steps=40, **kw)
+        torch.manual_seed(0)
+        for _ in range(10):
+            opt.zero_grad()
+            model(input_ids=tokens, labels=tokens).loss.backward()
+            opt.step()
+        assert opt.num_nowcasts == 1, name
+        results[name] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    for name, x in results.items():
+        assert bool(torch.isfinite(x).all()), name
+    whole = results['whole']
+    change = float((whole - results['subgraph']).abs().max())
+    assert 0 < change < 0.1  # each block sees only its own graph: close to, not equal to, the whole-model nowcast
+    assert not torch.equal(results['sampled'], results['subgraph'])
+    assert float((results['bf16'] - whole).abs().max()) < 0.01

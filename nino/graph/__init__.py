@@ -22,12 +22,12 @@ from .nanogpt import NanoGPTFamily
 from .neural_graph import AUX_EDGE_VALUE, EdgeType, NeuralGraph, UnsupportedLayerError
 from .qwen import Qwen3Family
 from .sequential import build_sequential_graph
-from .transformer import TransformerFamily, build_transformer_graph
+from .transformer import TransformerFamily, build_transformer_graph, split_blocks
 
 __all__ = ['AUX_EDGE_VALUE', 'FAMILIES', 'BertFamily', 'EdgeType', 'GPT2Family', 'LlamaFamily', 'NanoGPTFamily',
            'Qwen3Family', 'NeuralGraph', 'TransformerFamily', 'UnsupportedLayerError',
            'build_graph', 'build_gpt2_graph', 'build_sequential_graph', 'build_transformer_graph', 'family_of',
-           'graph_for_module', 'head_counts', 'is_gpt2', 'laplacian_pe', 'param_shapes']
+           'graph_for_module', 'head_counts', 'is_gpt2', 'laplacian_pe', 'param_shapes', 'split_blocks']
 
 #: Transformer families, most specific first (Qwen3 has every Llama parameter and more).
 FAMILIES: tuple[type[TransformerFamily], ...] = (GPT2Family, Qwen3Family, LlamaFamily, BertFamily, NanoGPTFamily)

@@ -21,6 +21,7 @@ class BertFamily(TransformerFamily):
     title = 'BERT'
     marker = 'attention.self.query.weight'
     model_types = ('bert',)
+    block_pattern = r'(?:^|\.)encoder\.layer\.(\d+)\.'
     word_embedding = ('word_embeddings.weight',)
     position_embedding = ('position_embeddings.weight',)
     type_embedding = ('token_type_embeddings.weight',)

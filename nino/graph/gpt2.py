@@ -34,6 +34,7 @@ class GPT2Family(TransformerFamily):
     title = 'GPT-2'
     marker = 'attn.c_attn.weight'
     model_types = ('gpt2',)
+    block_pattern = r'(?:^|\.)h\.(\d+)\.'
     first_dim_out = False
     word_embedding = ('wte.weight',)
     position_embedding = ('wpe.weight',)

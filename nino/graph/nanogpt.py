@@ -21,6 +21,7 @@ class NanoGPTFamily(TransformerFamily):
 
     title = 'nanoGPT'
     marker = 'attn.qkv_w'
+    block_pattern = r'(?:^|\.)blocks\.(\d+)\.'
     word_embedding = ('embed.weight', 'value_embeds.weight')
     q_weight, k_weight, v_weight = 'attn.qkv_w.q.weight', 'attn.qkv_w.k.weight', 'attn.qkv_w.v.weight'
 

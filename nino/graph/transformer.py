@@ -21,6 +21,7 @@ dim-major over edges laid out row-major; kept for parity with the published nowc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -72,6 +73,8 @@ class TransformerFamily:
     marker = ''
     #: transformers `config.model_type` values of this family.
     model_types: tuple[str, ...] = ()
+    #: Where a parameter name gives its transformer block index (subgraph mode), e.g. `h.3.`.
+    block_pattern = r'(?:^|\.)layers\.(\d+)\.'
 
     def __init__(self, num_heads: int, num_key_value_heads: int | None = None):
         if not num_heads or num_heads < 1:
@@ -277,3 +280,23 @@ def check_supported(params: list[tuple[str, tuple[int, ...]]], family: Transform
             raise UnsupportedLayerError(
                 f"parameter '{name}' with shape {tuple(shape)} is not part of a {family.title} neural graph "
                 f"(known: {', '.join(sorted(set(s.rpartition('.')[0] or s for s in suffixes)))})")
+
+
+def split_blocks(params: list[tuple[str, tuple[int, ...]]], family: type[TransformerFamily]) -> list[list[int]]:
+    """Indices of the parameters of each transformer block, for one neural graph per block.
+
+    Walks the parameters in order and starts a new group whenever the block index grows, as the
+    reference's subgraph mode does: what comes before the first block (embeddings) joins it, what
+    comes after the last (final norm, an untied head) joins the last.
+    """
+    pattern = re.compile(family.block_pattern)
+    groups: list[list[int]] = [[]]
+    block = 0
+    for i, (name, _) in enumerate(params):
+        match = pattern.search(name)
+        if match and int(match.group(1)) > block:
+            block = int(match.group(1))
+            if groups[-1]:
+                groups.append([])
+        groups[-1].append(i)
+    return groups
