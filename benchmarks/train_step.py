@@ -24,8 +24,8 @@ import torch
 from common import published_store
 from loader import CONFIGS
 
+from metatrain.training import forward, window_l1
 from nino.model import NiNoConfig, build_nowcaster
-from nino.training import forward, window_l1
 from pipeline.loader import WindowStream
 
 

@@ -37,7 +37,17 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
-from nino.evaluation import BASE, GUARD, LINEAR, Curve, load_curve, method_nowcaster, metric_of, run_curve, speedups
+from metatrain.evaluation import (
+    BASE,
+    GUARD,
+    LINEAR,
+    Curve,
+    load_curve,
+    method_nowcaster,
+    metric_of,
+    run_curve,
+    speedups,
+)
 from pipeline.scheduler import describe_failure
 from pipeline.tasks import ConfigError, TaskSpec, expand_task, read_config_file
 from pipeline.watchdog import init_ray

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import ray
 
-from nino.training import TrainConfig, train
+from metatrain.training import TrainConfig, train
 from pipeline.tasks import read_config_file
 from pipeline.watchdog import init_ray
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nino.evaluation import BASE, Curve, SpeedupRow, markdown_table
+from metatrain.evaluation import BASE, Curve, SpeedupRow, markdown_table
 
 
 def write_curves(curves: list[Curve], out: Path) -> None:

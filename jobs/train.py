@@ -17,7 +17,7 @@ import sys
 import torch.distributed as dist
 import yaml
 
-from nino.training import TrainConfig, TrainingDiverged, train
+from metatrain.training import TrainConfig, TrainingDiverged, train
 from pipeline.tasks import read_config_file
 
 

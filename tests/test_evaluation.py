@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
+from metatrain.evaluation import Curve, markdown_table, run_curve, speedups, split_guard, steps_to_target
 from nino.baselines import LinearExtrapolation
 from nino.checkpoint import save_nowcaster
-from nino.evaluation import Curve, markdown_table, run_curve, speedups, split_guard, steps_to_target
 from nino.model import NiNoConfig, build_nowcaster
 from pipeline.tasks import load_tasks
 from tests.conftest import FarOff
@@ -158,7 +158,7 @@ def test_evaluate_config_errors_name_the_field(tmp_path, task, message):
 
 
 def test_val_loss_target_is_a_loss_not_a_perplexity():
-    from nino.evaluation import metric_of
+    from metatrain.evaluation import metric_of
     spec, = load_tasks({'tasks': [{'preset': 'digits-mlp', 'steps': 40, 'eval_every': 20,
                                    'target': {'metric': 'val_loss', 'value': 1.0}}]})
     assert metric_of(spec) == 'val_loss'

@@ -181,7 +181,7 @@ def test_published_stream_offline(published_hub, tmp_path, monkeypatch):
 
 
 def test_meta_training_runs_on_the_published_files_in_place(published_hub, tmp_path, monkeypatch):
-    from nino.training import TrainConfig, train
+    from metatrain.training import TrainConfig, train
     hub, _ = published_hub
     monkeypatch.setenv('HF_ENDPOINT', hub.endpoint)
     cfg = TrainConfig.from_dict({'store': f'hf-published://{REPO_ID}@{REVISION}?fm-16=2x200',

@@ -10,7 +10,20 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OWN = {'nino', 'pipeline', 'jobs'}
+OWN = {'nino', 'pipeline', 'metatrain', 'jobs'}
+#: Layers, lowest first: each may import only the layers before it.
+LAYERS = ['nino', 'pipeline', 'metatrain', 'jobs']
+
+
+def _imports(path: Path) -> list[str]:
+    """Absolute module names a file imports."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return names
 
 
 def _imported_modules() -> dict[str, str]:
@@ -18,15 +31,8 @@ def _imported_modules() -> dict[str, str]:
     found: dict[str, str] = {}
     for package in OWN:
         for path in sorted((ROOT / package).rglob('*.py')):
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.Import):
-                    names = [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names = [node.module]
-                else:
-                    continue
-                for name in names:
-                    found.setdefault(name.split('.')[0], str(path.relative_to(ROOT)))
+            for name in _imports(path):
+                found.setdefault(name.split('.')[0], str(path.relative_to(ROOT)))
     return found
 
 
@@ -42,3 +48,13 @@ def test_imports_are_declared_dependencies():
         if not dists & declared:
             missing.append(f'{module} (imported by {where}; from {sorted(dists) or "no installed distribution"})')
     assert not missing, f'undeclared dependencies: {missing}'
+
+
+def test_layers_import_only_the_layers_below_them():
+    """nino <- pipeline <- metatrain <- jobs: `import nino` stays light, data code never reaches up."""
+    wrong = []
+    for i, package in enumerate(LAYERS):
+        above = set(LAYERS[i + 1:])
+        for path in sorted((ROOT / package).rglob('*.py')):
+            wrong += [f'{path.relative_to(ROOT)} imports {n}' for n in _imports(path) if n.split('.')[0] in above]
+    assert not wrong, wrong

@@ -17,8 +17,8 @@ import pytest
 import torch
 import yaml
 
+from metatrain.training import TrainConfig, TrainingDiverged, list_checkpoints, train
 from nino import NiNo, load_nowcaster
-from nino.training import TrainConfig, TrainingDiverged, list_checkpoints, train
 from pipeline.store import TrajectoryStore
 from pipeline.tasks import ConvNet
 
@@ -269,9 +269,9 @@ def test_loss_equals_the_papers_masked_edge_space_l1(small_store):
     """Same weights, same windows: the parameter-space loss equals the reference formulation (targets
     and mask in edge space, prediction = last state + change) to float tolerance, padding included;
     the fused loss has exactly the value and gradients of autograd through the plain one."""
+    from metatrain.training import change_targets, forward, target_l1, window_l1
     from nino.graph import EdgeType, build_graph
     from nino.model import NiNoConfig, build_nowcaster
-    from nino.training import change_targets, forward, target_l1, window_l1
     from pipeline.loader import WindowConfig, WindowStream
     cfg = WindowConfig(step=8, seq_len=12, samples_per_traj=3, batch_size=2)
     stream = WindowStream(str(small_store), cfg, tasks=['fm-16'], seed=3)

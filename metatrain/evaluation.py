@@ -23,14 +23,13 @@ import numpy as np
 import torch
 from scipy.stats import t as student_t
 
+from nino.baselines import LinearExtrapolation
+from nino.checkpoint import load_nowcaster
+from nino.model import Nowcaster
+from nino.optimizer import NiNo
 from pipeline.data import load_dataset
 from pipeline.record import evaluate, loss_and_correct, make_optimizer, torch_threads
 from pipeline.tasks import TaskSpec, build_model
-
-from .baselines import LinearExtrapolation
-from .checkpoint import load_nowcaster
-from .model import Nowcaster
-from .optimizer import NiNo
 
 BASE = 'adam'
 LINEAR = 'linear'

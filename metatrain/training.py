@@ -30,11 +30,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from nino.checkpoint import save_nowcaster
+from nino.config import parse_number
+from nino.model import NiNoConfig, Nowcaster, build_nowcaster
 from pipeline.loader import WindowBatch, WindowConfig, WindowStream, window_loader
-
-from .checkpoint import save_nowcaster
-from .config import parse_number
-from .model import NiNoConfig, Nowcaster, build_nowcaster
 
 CHECKPOINT_DIR = 'checkpoints'
 EXPORT_NAME = 'nowcaster.safetensors'
