@@ -29,7 +29,7 @@ from nino.model import Nowcaster
 from nino.optimizer import NiNo
 from pipeline.data import load_dataset
 from pipeline.record import evaluate, loss_and_correct, make_optimizer, torch_threads
-from pipeline.tasks import TaskSpec, build_model
+from pipeline.tasks import TaskSpec, architecture, build_model
 
 BASE = 'adam'
 LINEAR = 'linear'
@@ -85,7 +85,7 @@ HIGHER_IS_BETTER = {'val_acc': True, 'val_loss': False, 'val_ppl': False}
 def metric_of(spec: TaskSpec) -> str:
     """The task's target metric (`target.metric`); language models: val_ppl or val_loss, others: val_acc
     or val_loss (default: the first)."""
-    allowed = ('val_ppl', 'val_loss') if spec.arch['type'] == 'gpt2' else ('val_acc', 'val_loss')
+    allowed = architecture(spec.arch['type']).metrics
     metric = spec.target.get('metric', allowed[0])
     if metric not in allowed:
         raise ValueError(f"task '{spec.name}': target metric {metric!r} is not one of {list(allowed)} "

@@ -5,7 +5,7 @@ apart, from one trajectory of one task group. Each batch samples `batch_size` (t
 start) triples and reads `samples_per_traj` windows from each (shifted by one state), which is
 what the paper's training does. Per window, inputs and targets are scaled with the inputs'
 per-layer statistics; the inputs become edge features, and the Laplacian encoding's signs are
-flipped at random (once per trajectory read) as augmentation. For GPT-2 tasks, `wte_size` rows
+flipped at random (once per trajectory read) as augmentation. For language tasks, `wte_size` rows
 of the word embedding are sampled and each row's token index is kept as the node's `pos_w`: by
 default from random blocks of `wte_block` consecutive rows, the chunks a version-2 store keeps a
 large embedding in, so a read decodes only the rows it uses (a 1,000-row sample of the 50,257-row
@@ -54,6 +54,7 @@ from nino.scaling import EPS
 from .arenas import ArenaPool
 from .published_stream import open_store
 from .store import WTE_CHUNK_ROWS, DamagedChunkError, TaskGroup
+from .tasks import architecture
 
 #: Consecutive damaged reads after which a batch gives up (the store is then mostly unreadable).
 MAX_SKIPPED_READS = 64
@@ -68,7 +69,7 @@ class WindowConfig:
     seq_len: int = 40
     samples_per_traj: int = 4
     batch_size: int = 4  # trajectories per batch
-    wte_size: int | None = 1000  # word-embedding rows sampled for GPT-2 tasks (None: all)
+    wte_size: int | None = 1000  # word-embedding rows sampled for language tasks (None: all)
     wte_block: int | None = WTE_CHUNK_ROWS  # rows come in random blocks of this many (None: independently)
     lpe: int = 8
     max_feat_size: int = 9  # edge feature slots the nowcaster reads at most (a conv's 3x3 kernel)
@@ -242,12 +243,14 @@ class WindowStream(IterableDataset):
     def _task(self, group: TaskGroup) -> _Task:
         spec, c, name = group.spec, self.config, group.name
         layout = list(group.layout)
-        is_lm = spec.arch['type'] == 'gpt2'
+        family = architecture(spec.arch['type'])
+        is_lm = family.language_model
         wte_rows = 0
-        if is_lm and layout[0][0].endswith('wte.weight') and c.wte_size and c.wte_size < layout[0][1][0]:
+        if (family.word_embedding and layout[0][0].endswith(family.word_embedding) and c.wte_size
+                and c.wte_size < layout[0][1][0]):
             wte_rows = layout[0][1][0]
             layout[0] = (layout[0][0], (c.wte_size, layout[0][1][1]))
-        graph = build_graph(layout, num_heads=spec.arch.get('n_head'))
+        graph = build_graph(layout, **family.graph_kwargs(spec.arch))
         if graph.max_feat_size > c.max_feat_size:
             raise ValueError(f"task '{name}': edges hold {graph.max_feat_size} values, more than "
                              f'max_feat_size={c.max_feat_size}')

@@ -38,7 +38,7 @@ from .codecs import BytePlanesCodec, TimeDeltaCodec
 from .hub import HUB_PREFIX, HubStore, HubUnavailableError, parse_hub_url
 from .manifest import Manifest
 from .shards import ShardReader, fsspec_reader, local_reader
-from .tasks import TaskSpec
+from .tasks import TaskSpec, word_embedding_suffixes
 
 FORMAT = 'nino-trajectories'
 VERSION = 2  # written by default
@@ -102,7 +102,7 @@ def v2_chunking(n_states: int, record_every: int, layout: list[tuple[str, tuple[
     n_params = sum(int(np.prod(s)) for _, s in layout)
     name, shape = layout[0]
     width = n_params
-    if name.endswith('wte.weight') and len(shape) == 2 and shape[0] > WTE_CHUNK_ROWS_MIN:
+    if name.endswith(word_embedding_suffixes()) and len(shape) == 2 and shape[0] > WTE_CHUNK_ROWS_MIN:
         width = WTE_CHUNK_ROWS * shape[1]
     if WINDOW_STEP_HINT // record_every > 1:
         return min(n_states, 2), width, 'delta-blosc-lz4hc-shuffle'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 
 from jobs.collect import load_config
@@ -30,7 +31,8 @@ def test_widths_make_one_group_each_with_scaled_networks():
 
 
 def test_presets_cover_the_paper_tasks():
-    for preset in ('fm-16', 'fm-32', 'c10-16', 'c10-32', 'c100-32', 'lm-3-24', 'lm-2-32', 'digits-mlp'):
+    for preset in ('fm-16', 'fm-32', 'c10-16', 'c10-32', 'c100-32', 'lm-3-24', 'lm-2-32', 'llama-2-32', 'llama-3-64',
+                   'digits-mlp'):
         spec, = load_tasks({'tasks': [{'preset': preset, 'dataset': {'root': 'x', 'path': 'y'}}]})
         build_model(spec.arch)
     fm, = load_tasks({'tasks': [_fm()]})
@@ -115,3 +117,56 @@ def test_yaml_exponent_floats_are_accepted_in_collect_configs(tmp_path):
     config.write_text('store: s\ntasks:\n  - preset: digits-mlp\n    lr: fast\n')
     with pytest.raises(ConfigError, match="field 'lr' must be a positive number"):
         load_config(config)
+
+
+def test_llama_tasks_record_and_load_with_grouped_query_attention(tmp_path):
+    from nino.graph import build_graph
+    from pipeline.loader import WindowConfig, WindowStream
+    from pipeline.store import TrajectoryStore
+    from tests.conftest import TEXT, windows_of, write_store
+
+    spec = load_tasks({'tasks': [{'preset': 'llama-2-32', 'dataset': {'path': 'x'}}]})[0]
+    model = build_model(spec.arch)
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (4, 2)
+    assert model.config.tie_word_embeddings and 'lm_head.weight' not in dict(model.named_parameters())
+    wide = load_tasks({'tasks': [{'preset': 'llama-2-32', 'widths': [2], 'dataset': {'path': 'x'}}]})[0]
+    assert wide.arch['n_embd'] == 64
+
+    store = write_store(tmp_path / 'store', [{'preset': 'llama-2-32', 'dataset': {'path': str(TEXT), 'context': 32},
+                                              'steps': 48, 'record_every': 2, 'eval_every': 48, 'batch_size': 8}])
+    group = TrajectoryStore(store, mode='r').group('llama-2-32')
+    assert group.layout[0] == ('model.embed_tokens.weight', (256, 32))
+    cfg = WindowConfig(step=4, seq_len=4, samples_per_traj=1, batch_size=1, wte_size=None)
+    (g,) = windows_of(WindowStream(str(store), cfg, seed=0).batch(0))
+    expected = build_graph(group.layout, num_heads=4, num_key_value_heads=2)
+    assert torch.equal(g.edge_index, expected.edge_index) and torch.equal(g.edge_type, expected.edge_type)
+
+
+def test_a_new_architecture_is_one_module(monkeypatch):
+    """Everything that depends on the family goes through its `Architecture`: specs, widths, models, metrics."""
+    from torch import nn
+
+    from metatrain.evaluation import metric_of
+    from pipeline.tasks import Architecture, arch, register
+
+    class Toy(Architecture):
+        type = 'toy'
+        required = ('width',)
+
+        def build(self, a):
+            return nn.Sequential(nn.Flatten(), nn.Linear(64, a['width']), nn.ReLU(), nn.Linear(a['width'], 10))
+
+        def scale_width(self, a, mult):
+            return {**a, 'width': round(a['width'] * mult)}
+
+    monkeypatch.setattr(arch, '_REGISTRY', dict(arch._REGISTRY))
+    register(Toy())
+    specs = load_tasks({'tasks': [{'name': 'toy', 'arch': {'type': 'toy', 'width': 8}, 'dataset': {'name': 'digits'},
+                                   'widths': [1, 2]}]})
+    assert [s.arch['width'] for s in specs] == [8, 16]
+    assert sum(p.numel() for p in build_model(specs[1].arch).parameters()) == 64 * 16 + 16 + 16 * 10 + 10
+    assert metric_of(specs[0]) == 'val_acc'
+    with pytest.raises(ConfigError, match=r"field 'arch': arch of type 'toy' needs field 'width'"):
+        load_tasks({'tasks': [{'name': 't', 'arch': {'type': 'toy'}, 'dataset': {'name': 'digits'}}]})
+    with pytest.raises(ConfigError, match=r"unknown arch type 'resnet' \(known: convnet, gpt2, llama, mlp, toy\)"):
+        load_tasks({'tasks': [{'name': 't', 'arch': {'type': 'resnet'}, 'dataset': {'name': 'digits'}}]})

@@ -1,9 +1,12 @@
-"""Task registry: declarative task specs, presets and the networks they train."""
+"""Task registry: declarative task specs, presets, and one module per architecture family."""
 
-from .models import MLP, build_model
+from . import convnet, gpt2, llama, mlp  # noqa: F401  (each registers its family)
+from .arch import Architecture, architecture, build_model, register, word_embedding_suffixes
+from .convnet import ConvNet
+from .mlp import MLP
 from .presets import PRESETS
 from .spec import ConfigError, TaskSpec, expand_task, load_tasks, read_config_file, with_absolute_paths
-from .vision import ConvNet
 
-__all__ = ['MLP', 'PRESETS', 'ConfigError', 'ConvNet', 'TaskSpec', 'build_model', 'expand_task', 'load_tasks',
-           'read_config_file', 'with_absolute_paths']
+__all__ = ['MLP', 'PRESETS', 'Architecture', 'ConfigError', 'ConvNet', 'TaskSpec', 'architecture', 'build_model',
+           'expand_task', 'load_tasks', 'read_config_file', 'register', 'with_absolute_paths',
+           'word_embedding_suffixes']

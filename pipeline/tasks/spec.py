@@ -20,6 +20,7 @@ import yaml
 
 from nino.config import parse_number
 
+from .arch import architecture
 from .presets import PRESETS
 
 
@@ -94,6 +95,10 @@ def _build_spec(d: dict[str, Any], where: str) -> TaskSpec:
                 raise ConfigError(f"{where}: field '{name}' must be >= 1, got {v}")
     if not isinstance(values['arch'], dict) or 'type' not in values['arch']:
         raise ConfigError(f"{where}: field 'arch' must be a mapping with a 'type'")
+    try:
+        architecture(values['arch']['type']).check(values['arch'])
+    except ValueError as err:
+        raise ConfigError(f"{where}: field 'arch': {err}") from None
     if not isinstance(values['dataset'], dict) or 'name' not in values['dataset']:
         raise ConfigError(f"{where}: field 'dataset' must be a mapping with a 'name'")
     if values.get('optimizer', 'adamw') not in _OPTIMIZERS:
@@ -161,17 +166,12 @@ def expand_task(entry: dict[str, Any], index: int) -> list[TaskSpec]:
 def _scale_width(arch: Any, mult: float, where: str) -> dict[str, Any]:
     if not isinstance(arch, dict) or 'type' not in arch:
         raise ConfigError(f"{where}: field 'arch' must be a mapping with a 'type'")
-    arch = dict(arch)
-    if arch['type'] == 'convnet':
-        arch['channels'] = [max(1, round(c * mult)) for c in arch['channels']]
-    elif arch['type'] == 'mlp':
-        arch['hidden'] = [max(1, round(c * mult)) for c in arch['hidden']]
-    elif arch['type'] == 'gpt2':
-        heads = arch['n_head']
-        arch['n_embd'] = max(heads, round(arch['n_embd'] * mult / heads) * heads)
-    else:
-        raise ConfigError(f"{where}: field 'widths' is not supported for arch type {arch['type']!r}")
-    return arch
+    try:
+        family = architecture(arch['type'])
+        family.check(arch)
+        return family.scale_width(dict(arch), mult)
+    except ValueError as err:
+        raise ConfigError(f'{where}: {err}') from None
 
 
 def load_tasks(config: dict[str, Any]) -> list[TaskSpec]:

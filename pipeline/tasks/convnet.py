@@ -1,8 +1,12 @@
-"""The paper's vision convnets (FM-16, FM-32, C10-16, ...)."""
+"""The paper's vision convnets (FM-16, FM-32, C10-16, ...): `arch: {type: convnet, channels: [...]}`."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
+
+from .arch import Architecture, register
 
 
 class ConvNet(nn.Module):
@@ -26,3 +30,18 @@ class ConvNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(x)
+
+
+class ConvNetArch(Architecture):
+    type = 'convnet'
+    required = ('channels',)
+
+    def build(self, arch: dict[str, Any]) -> nn.Module:
+        return ConvNet(in_channels=arch.get('in_channels', 1), channels=tuple(arch['channels']),
+                       num_classes=arch.get('num_classes', 10))
+
+    def scale_width(self, arch: dict[str, Any], mult: float) -> dict[str, Any]:
+        return {**arch, 'channels': [max(1, round(c * mult)) for c in arch['channels']]}
+
+
+register(ConvNetArch())
