@@ -179,3 +179,51 @@ def test_a_gpt2_trajectory_records_with_a_bpe_vocabulary(bpe_folder):
     assert traj.params.shape[0] == 3 and np.isfinite(traj.params).all()
     assert not np.array_equal(traj.params[0, :wte], traj.params[-1, :wte])  # the embedding trains
     assert np.isfinite(traj.metrics[-1]).all()
+
+
+def test_hf_text_reads_local_parquet_splits_and_trains_a_llama(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.record import METRICS, record_trajectory
+
+    monkeypatch.setenv('HF_DATASETS_CACHE', str(tmp_path / 'cache'))
+    lines = TEXT.read_text(encoding='utf-8').splitlines()[:2000]
+    pq.write_table(pa.table({'text': lines[:1800], 'id': list(range(1800))}), tmp_path / 'train.parquet')
+    pq.write_table(pa.table({'text': lines[1800:]}), tmp_path / 'validation.parquet')
+    cfg = {'name': 'hf-text', 'train_files': str(tmp_path / 'train.parquet'),
+           'val_files': str(tmp_path / 'validation.parquet'), 'context': 32}
+    data = load_dataset(cfg)
+    assert bytes(data.train.to(torch.uint8).tolist()).decode() == '\n'.join(lines[:1800])
+    assert bytes(data.val.to(torch.uint8).tolist()).decode() == '\n'.join(lines[1800:])
+
+    from pipeline.tasks import load_tasks
+    spec, = load_tasks({'tasks': [{'preset': 'llama-2-32', 'dataset': cfg, 'steps': 20, 'record_every': 10,
+                                   'eval_every': 20, 'batch_size': 8}]})
+    traj = record_trajectory(spec, 0)
+    assert traj.params.shape == (3, sum(int(np.prod(s)) for _, s in _llama_layout(spec)))
+    val_loss = traj.metrics[[0, -1], METRICS.index('val_loss')]
+    assert np.isfinite(val_loss).all() and val_loss[1] < val_loss[0] - 1
+
+    only_train = load_dataset({**{k: v for k, v in cfg.items() if k != 'val_files'}, 'val_fraction': '0.1'})
+    assert len(only_train.val) == int(0.1 * (len(only_train.train) + len(only_train.val)))
+    with pytest.raises(ValueError, match="no column 'content'"):
+        load_dataset({**cfg, 'column': 'content'})
+
+
+def test_hf_text_names_a_dataset_missing_offline(tmp_path, monkeypatch):
+    import datasets.config
+    import huggingface_hub.constants
+
+    # HF_HUB_OFFLINE=1 as a user sets it before starting Python: these flags are read at import time
+    monkeypatch.setattr(datasets.config, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    with pytest.raises(FileNotFoundError, match="hf-text': cannot load dataset 'no-such/corpus'"):
+        load_dataset({'name': 'hf-text', 'dataset': 'no-such/corpus', 'cache_dir': str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match='train file not found'):
+        load_dataset({'name': 'hf-text', 'train_files': str(tmp_path / 'missing.parquet')})
+
+
+def _llama_layout(spec):
+    from pipeline.tasks import build_model
+    return [(n, tuple(p.shape)) for n, p in build_model(spec.arch).named_parameters()]

@@ -4,6 +4,7 @@
                                                             images/labels pair split into train/val)
     {name: cifar10 | cifar100, root: DIR}                    CIFAR python batches
     {name: text, path: FILE, tokenizer: bytes|gpt2|DIR, context: 64, val_fraction: 0.1}  (see text.py)
+    {name: hf-text, dataset: NAME, config: CONFIG | train_files: FILE, val_files: FILE, ...}  (see hf_text.py)
     {name: digits, val_size: 297}                            scikit-learn's bundled 8x8 digits
 """
 
@@ -19,8 +20,9 @@ import torch
 from torch import Tensor
 
 from .cifar import load_cifar
+from .hf_text import load_hf_text
 from .idx import load_idx_dataset
-from .text import load_text_tokens, tokenizer_vocab_size
+from .text import encode_text, load_text_tokens, tokenizer_vocab_size
 
 
 @dataclass
@@ -102,12 +104,31 @@ def _digits(cfg: dict[str, Any]) -> ClassificationData:
 
 def _text(cfg: dict[str, Any]) -> TokenData:
     tokens = load_text_tokens(cfg['path'], cfg.get('tokenizer', 'bytes'))
-    context, fraction = int(cfg.get('context', 64)), float(cfg.get('val_fraction', 0.1))
+    return _token_data(tokens, None, cfg, f"text corpus {cfg['path']}")
+
+
+def _hf_text(cfg: dict[str, Any]) -> TokenData:
+    train, val = load_hf_text(cfg)
+    tokenizer = cfg.get('tokenizer', 'bytes')
+    what = f"dataset 'hf-text' ({cfg.get('dataset') or cfg.get('train_files')})"
+    return _token_data(encode_text(train, tokenizer), None if val is None else encode_text(val, tokenizer), cfg, what)
+
+
+def _token_data(tokens: Tensor, val: Tensor | None, cfg: dict[str, Any], what: str) -> TokenData:
+    """Training and validation token streams; without `val`, the last `val_fraction` of `tokens`."""
+    context = int(cfg.get('context', 64))
+    if val is not None:
+        for split, t in (('training', tokens), ('validation', val)):
+            if len(t) < context + 2:
+                raise ValueError(f'{what}: the {split} split has {len(t)} tokens, too few for context {context} '
+                                 f'(at least {context + 2})')
+        return TokenData(tokens, val, context)
+    fraction = float(cfg.get('val_fraction', 0.1))
     n_val = int(len(tokens) * fraction)
     if n_val < context + 1 or len(tokens) - n_val < context + 2:
         need = max(context + 2 + int(fraction * (context + 2) / max(1e-9, 1 - fraction)) + 1,
                    int((context + 1) / max(fraction, 1e-9)) + 1)
-        raise ValueError(f"text corpus {cfg['path']}: {len(tokens)} tokens are too few for context {context} with "
+        raise ValueError(f'{what}: {len(tokens)} tokens are too few for context {context} with '
                          f'val_fraction {fraction:g} (each split needs more than one context window; at least '
                          f'{need} tokens)')
     return TokenData(tokens[:-n_val], tokens[-n_val:], context)
@@ -118,7 +139,7 @@ def _cifar(cfg: dict[str, Any]) -> ClassificationData:
     return ClassificationData(*train, *load_cifar(cfg['root'], cfg['name'], 'test'))
 
 
-_LOADERS = {'fashion-mnist': _idx, 'mnist': _idx, 'digits': _digits, 'text': _text,
+_LOADERS = {'fashion-mnist': _idx, 'mnist': _idx, 'digits': _digits, 'text': _text, 'hf-text': _hf_text,
             'cifar10': _cifar, 'cifar100': _cifar}
 
 
@@ -133,7 +154,7 @@ def load_dataset(cfg: dict[str, Any], model_vocab: int | None = None) -> TaskDat
 
 def check_vocab(cfg: dict[str, Any], model_vocab: int | None) -> None:
     """ValueError if a text dataset's tokenizer has more tokens than the model's vocab_size (cheap: no tokenizing)."""
-    if cfg.get('name') != 'text' or model_vocab is None:
+    if cfg.get('name') not in ('text', 'hf-text') or model_vocab is None:
         return
     tokenizer = cfg.get('tokenizer', 'bytes')
     n = tokenizer_vocab_size(tokenizer)

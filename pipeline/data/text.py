@@ -67,7 +67,11 @@ def load_text_tokens(path: str | Path, tokenizer: str = 'bytes') -> torch.Tensor
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'text corpus not found: {path}')
-    text = path.read_text(encoding='utf-8')
+    return encode_text(path.read_text(encoding='utf-8'), tokenizer)
+
+
+def encode_text(text: str, tokenizer: str = 'bytes') -> torch.Tensor:
+    """Tokenize a string (int64 tokens) with 'bytes', 'gpt2' or a BPE folder."""
     if tokenizer == 'bytes':
         return ByteTokenizer().encode(text)
     return torch.tensor(load_bpe(tokenizer).encode(text).ids, dtype=torch.int64)

@@ -203,7 +203,7 @@ def read_config_file(path: str | Path) -> Any:
 def with_absolute_paths(spec: TaskSpec) -> TaskSpec:
     """The spec with its dataset `root`/`path` (and a tokenizer folder) resolved against the working directory."""
     dataset = dict(spec.dataset)
-    for key in ('root', 'path', 'tokenizer'):
+    for key in ('root', 'path', 'tokenizer', 'train_files', 'val_files', 'cache_dir'):
         if key in dataset and not (key == 'tokenizer' and dataset[key] in ('bytes', 'gpt2')):
             dataset[key] = str(Path(dataset[key]).expanduser().resolve())
     return TaskSpec.from_dict({**spec.to_dict(), 'dataset': dataset})
