@@ -1,6 +1,6 @@
-"""Time and peak memory of one NiNo step for networks from 10K to 1.25M parameters.
+"""Time and peak memory of one NiNo step for networks from 10K to 1.25M parameters (and 111M).
 
-    python benchmarks/nino_step.py [--ckpt PATH] [--threads N]
+    python benchmarks/nino_step.py [--ckpt PATH] [--threads N] [--large llama3-tiny-111M]
 
 Each network runs in its own process so peak RSS is its own. Reported per network: parameters,
 graph nodes and edges, time to build the neural graph and its Laplacian encoding (once per run),
@@ -38,6 +38,15 @@ def _gpt2(n_embd: int, n_layer: int, n_head: int, vocab: int) -> nn.Module:
                                       n_positions=1024))
 
 
+def _llama3_tiny() -> nn.Module:
+    """The paper's README Llama: Llama-3 vocabulary (128,256), 6 layers, 384 dims, 6 heads, 2 key/value
+    heads, MLP 4x, untied head: ~111M parameters."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    return LlamaForCausalLM(LlamaConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=6,
+                                        num_attention_heads=6, num_key_value_heads=2, vocab_size=128256,
+                                        tie_word_embeddings=False))
+
+
 def _convnet(*channels: int) -> nn.Module:
     sys.path.insert(0, str(ROOT))
     from pipeline.tasks import ConvNet
@@ -51,6 +60,8 @@ MODELS = {
     'mlp-784-256-256-10': lambda: _mlp(784, 256, 256, 10),
     'gpt2-3-24-50257': lambda: _gpt2(24, 3, 3, 50257),
 }
+#: Large models, run only when named with --large; the NiNo wrapper's large-model settings.
+LARGE = {'llama3-tiny-111M': (_llama3_tiny, dict(subgraph=True, edge_sample_ratio=0.05))}
 
 
 def _peak_rss_mb() -> float:
@@ -61,10 +72,11 @@ def run_one(name: str, ckpt: Path) -> dict:
     sys.path.insert(0, str(ROOT))
     from nino import NiNo, load_nowcaster
     torch.manual_seed(0)
-    model = MODELS[name]()
+    build, settings = LARGE[name] if name in LARGE else (MODELS[name], {})
+    model = build()
     nowcaster = load_nowcaster(ckpt)
     t0 = time.perf_counter()
-    opt = NiNo(torch.optim.AdamW(model.parameters()), model, ckpt=nowcaster, period=5, max_train_steps=5)
+    opt = NiNo(torch.optim.AdamW(model.parameters()), model, ckpt=nowcaster, period=5, max_train_steps=5, **settings)
     graph_s = time.perf_counter() - t0
     for _ in range(4):
         with torch.no_grad():
@@ -76,14 +88,18 @@ def run_one(name: str, ckpt: Path) -> dict:
     opt.step()
     step_s = time.perf_counter() - t0
     assert opt.num_nowcasts == 1
-    return dict(model=name, params=opt.graph.num_params, nodes=opt.graph.num_nodes, edges=opt.graph.num_edges,
-                graph_s=graph_s, step_s=step_s, rss_before_mb=rss_before, rss_peak_mb=_peak_rss_mb())
+    parts = [p.graph for p in opt.graphs.parts]
+    return dict(model=name, params=opt.graphs.num_params, nodes=sum(g.num_nodes for g in parts),
+                edges=sum(g.num_edges for g in parts), graphs=len(parts), settings=settings, graph_s=graph_s,
+                step_s=step_s, rss_before_mb=rss_before, rss_peak_mb=_peak_rss_mb())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--ckpt', type=Path, default=DEFAULT_CKPT)
     parser.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
+    parser.add_argument('--large', nargs='*', default=[], choices=sorted(LARGE),
+                        help='also run these large models (subgraphs and edge sampling; minutes each)')
     parser.add_argument('--one', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -95,7 +111,7 @@ def main() -> None:
     print('| network | params | nodes | edges | graph + LPE (s) | NiNo step (s) | peak RSS before step (MB) '
           '| peak RSS after step (MB) |')
     print('|---|---:|---:|---:|---:|---:|---:|---:|')
-    for name in MODELS:
+    for name in [*MODELS, *args.large]:
         cmd = [sys.executable, __file__, '--one', name, '--ckpt', str(args.ckpt)]
         if args.threads:
             cmd += ['--threads', str(args.threads)]

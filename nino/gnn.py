@@ -17,8 +17,10 @@ the maps are the same, only the order of (exact-arithmetic) operations changes:
 - Of the message, only `scale(e_ji) * b_j` needs a product per edge: the mean over j of
   `scale(e_ji) * a_i + shift(e_ji)` is `a_i * scale(sum_j e_ji) + shift(sum_j e_ji)` (biases
   counted per edge), computed on per-node sums of x.
-Work over edges runs in chunks when gradients are off, so inference memory stays bounded for
-million-parameter networks.
+Work over edges runs in chunks when gradients are off; `NiNoGNN` then also streams: each layer's
+edge features are recomputed per chunk from the raw inputs (the layers expose `start`,
+`accumulate`, `finish` / `apply_to` for this), so no (E, hidden) tensor is ever stored and
+inference memory is the raw inputs plus one chunk, whatever the number of edges.
 """
 
 from __future__ import annotations
@@ -51,9 +53,12 @@ def map_edges(fn: Callable[[slice], Tensor], num_edges: int, chunk_size: int | N
 
 
 class Edges:
-    """Edge features as an affine map e = x A^T + c of a tensor x (E, n), never materialised."""
+    """Edge features as an affine map e = x A^T + c of a tensor x (E, n), never materialised.
 
-    def __init__(self, x: Tensor, weight: Tensor, bias: Tensor, scratch: bool = False) -> None:
+    Streamed inference keeps only the map (x None) and computes x chunk by chunk.
+    """
+
+    def __init__(self, x: Tensor | None, weight: Tensor, bias: Tensor, scratch: bool = False) -> None:
         """`scratch`: x belongs to the forward pass and may be overwritten by chunked inference."""
         self.x, self.weight, self.bias, self.scratch = x, weight, bias, scratch
 
@@ -62,7 +67,7 @@ class Edges:
 
     def compose(self, weight: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(W A, W c + b): the map x -> W e + b as one matrix and bias (float32, outside autocast)."""
-        with torch.autocast(self.x.device.type, enabled=False):
+        with torch.autocast(self.weight.device.type, enabled=False):
             w = weight.float() @ self.weight.float()
             b = weight.float() @ self.bias.float()
             return w, b if bias is None else b + bias.float()
@@ -72,15 +77,15 @@ class Edges:
         w, b = self.compose(weight, bias)
         return F.linear(self.x[s], w, b)
 
-    def node_sums(self, dst: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
-        """(sum over each node's incoming edges of x, the node's in-degree), float32: the sum of
-        `W e + b` over those edges is then `sums @ w.T + degree * b` for `(w, b) = compose(W, b)`."""
-        sums = self.x.new_zeros(num_nodes, self.x.shape[1], dtype=torch.float32).index_add(0, dst, self.x.float())
-        return sums, torch.bincount(dst, minlength=num_nodes).to(sums)
-
 
 class EdgeModulatedConv(nn.Module):
-    """Node update with messages scaled and shifted by the edge features; mean aggregation."""
+    """Node update with messages scaled and shifted by the edge features; mean aggregation.
+
+    `forward` takes all edges at once (training, chunked inference). The same computation is
+    exposed in parts for streamed inference (`NiNoGNN` without gradients): `start` gives the
+    per-node terms and the composed edge maps, `accumulate` adds one group of edges, `finish`
+    turns the sums into the new node features.
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -97,23 +102,38 @@ class EdgeModulatedConv(nn.Module):
             keep = torch.randperm(len(edges), device=edge_index.device)[:int(len(edges) * sample_ratio)]
             edge_index = edge_index[:, keep]
             edges = Edges(edges.x.index_select(0, keep), edges.weight, edges.bias)
-        src, dst = edge_index
+        state = self.start(h, edges)
+        for s in edge_chunks(len(edges), chunk_size):
+            self.accumulate(state, edges.x[s], edge_index[:, s])
+        return self.finish(h, state)
+
+    def start(self, h: Tensor, edges: Edges) -> dict[str, Tensor]:
+        """Per-node message terms, the edge map composed with `modulation`, and empty sums."""
         num_nodes = h.shape[0]
         w_dst, w_src = self.message.weight[:, :self.dim], self.message.weight[:, self.dim:]
-        a = F.linear(h, w_dst, self.message.bias).float()
-        b = F.linear(h, w_src).float()
         w, bias = self.modulation.weight, self.modulation.bias  # rows: scale, then shift
         w_scale, b_scale = edges.compose(w[:self.dim], bias[:self.dim])
         w_shift, b_shift = edges.compose(w[self.dim:], bias[self.dim:])
-        agg = a.new_zeros(num_nodes, self.dim)  # float32 even under autocast: the sum is precision-sensitive
-        for s in edge_chunks(len(edges), chunk_size):
-            scale = F.linear(edges.x[s], w_scale, b_scale).float()
-            agg = agg.index_add(0, dst[s], scale * b.index_select(0, src[s]))
-        sums, degree = edges.node_sums(dst, num_nodes)
+        a = F.linear(h, w_dst, self.message.bias).float()
+        return dict(a=a, b=F.linear(h, w_src).float(), w_scale=w_scale, b_scale=b_scale, w_shift=w_shift,
+                    b_shift=b_shift, agg=a.new_zeros(num_nodes, self.dim),  # float32 even under autocast
+                    sums=a.new_zeros(num_nodes, edges.weight.shape[1]), degree=a.new_zeros(num_nodes))
+
+    def accumulate(self, state: dict[str, Tensor], x: Tensor, edge_index: Tensor) -> None:
+        """Add the messages of edges with inputs x (n, in) and ends edge_index (2, n) to the sums."""
+        src, dst = edge_index
+        scale = F.linear(x, state['w_scale'], state['b_scale']).float()
+        state['agg'] = state['agg'].index_add(0, dst, scale * state['b'].index_select(0, src))
+        state['sums'] = state['sums'].index_add(0, dst, x.float())
+        state['degree'] = state['degree'] + torch.bincount(dst, minlength=len(state['degree'])).to(state['degree'])
+
+    def finish(self, h: Tensor, state: dict[str, Tensor]) -> Tensor:
+        """The updated node features from the accumulated sums."""
+        sums, degree = state['sums'], state['degree']
         with torch.autocast(h.device.type, enabled=False):  # per node: sums of many edges, kept in float32
-            shift_sum = torch.addmm(degree.unsqueeze(1) * b_shift, sums, w_shift.t())
-            scale_sum = torch.addmm(degree.unsqueeze(1) * b_scale, sums, w_scale.t())
-        agg = torch.addcmul(agg + shift_sum, a, scale_sum)
+            shift_sum = torch.addmm(degree.unsqueeze(1) * state['b_shift'], sums, state['w_shift'].t())
+            scale_sum = torch.addmm(degree.unsqueeze(1) * state['b_scale'], sums, state['w_scale'].t())
+        agg = torch.addcmul(state['agg'] + shift_sum, state['a'], scale_sum)
         agg = (agg / degree.clamp(min=1).unsqueeze(1)).to(h.dtype)
         return self.out(self.update(torch.cat([h, agg], dim=-1)))
 
@@ -130,23 +150,28 @@ class EdgeUpdate(nn.Module):
 
     def forward(self, h: Tensor, edge_index: Tensor, edges: Edges, chunk_size: int | None = None) -> Edges:
         """The new edges, as `edge_out` of silu(edge_in(e) + src(h_j) + dst(h_i)) (not applied: see `Edges`)."""
-        w_in, b_in = edges.compose(self.edge_in.weight, self.edge_in.bias)
-        hs, ht = self.src(h) + b_in.to(h.dtype), self.dst(h)  # the composed bias added once per node
+        terms = self.start(h, edges)
         parts = edge_chunks(len(edges), chunk_size)
         if len(parts) == 1:
-            x = F.silu(self._pre(edges.x, w_in, hs, ht, edge_index))
+            x = self.apply_to(terms, edges.x, edge_index)
         else:  # inference only (gradients are off when chunking): in place over the last layer's x
-            x = edges.x if edges.scratch else hs.new_empty(len(edges), hs.shape[1])
+            x = edges.x if edges.scratch else terms[1].new_empty(len(edges), terms[1].shape[1])
             for s in parts:
-                x[s] = F.silu(self._pre(edges.x[s], w_in, hs, ht, edge_index[:, s]))
+                x[s] = self.apply_to(terms, edges.x[s], edge_index[:, s])
         return Edges(x, self.edge_out.weight, self.edge_out.bias, scratch=True)
 
+    def start(self, h: Tensor, edges: Edges) -> tuple[Tensor, Tensor, Tensor]:
+        """(the edge map composed with `edge_in`, per-node source terms with its bias, per-node target terms)."""
+        w_in, b_in = edges.compose(self.edge_in.weight, self.edge_in.bias)
+        return w_in, self.src(h) + b_in.to(h.dtype), self.dst(h)  # the composed bias added once per node
+
     @staticmethod
-    def _pre(x: Tensor, w_in: Tensor, hs: Tensor, ht: Tensor, edge_index: Tensor) -> Tensor:
-        """x w_in^T + hs_j + ht_i: the gathered node terms are added by the matrix product itself."""
+    def apply_to(terms: tuple[Tensor, Tensor, Tensor], x: Tensor, edge_index: Tensor) -> Tensor:
+        """silu(x w_in^T + hs_j + ht_i) for edges with inputs x and ends edge_index (before `edge_out`)."""
+        w_in, hs, ht = terms
         ends = hs.index_select(0, edge_index[0]) + ht.index_select(0, edge_index[1])
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else ends.dtype
-        return ends.to(dtype).addmm_(x.to(dtype), w_in.t().to(dtype))  # in place: not needed for backward
+        return F.silu(ends.to(dtype).addmm_(x.to(dtype), w_in.t().to(dtype)))  # in place: not needed for backward
 
 
 class MessagePassingLayer(nn.Module):

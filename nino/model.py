@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .gnn import Edges, MessagePassingLayer, map_edges
+from .gnn import Edges, EdgeUpdate, MessagePassingLayer, edge_chunks, map_edges
 
 
 @dataclass
@@ -126,6 +126,8 @@ class NiNoGNN(Nowcaster):
             h = h + self.word_embed(pos_w)
         if edge_sample_ratio and torch.is_grad_enabled():
             raise ValueError('edge_sample_ratio is for inference (torch.no_grad()) only')
+        if not torch.is_grad_enabled() and c.chunk_size and len(edges) > c.chunk_size:
+            return self._streamed(edges, edge_type, edge_index, h, last, feat, k, add_last, edge_sample_ratio)
         for layer in self.layers:
             h, edges = layer(h, edge_index, edges, c.chunk_size, edge_sample_ratio)
 
@@ -140,6 +142,51 @@ class NiNoGNN(Nowcaster):
         delta = map_edges(lambda s: F.linear(F.silu(F.linear(edges.x[s], w_hid, b_hid)), w_out, b_out), len(edges),
                           c.chunk_size)
         return last + delta
+
+
+    def _streamed(self, edges: Edges, edge_type: Tensor, edge_index: Tensor, h: Tensor, last: Tensor, feat: int,
+                  k: int | None, add_last: bool, edge_sample_ratio: float) -> Tensor:
+        """Inference with per-edge features computed chunk by chunk and never stored for all edges.
+
+        A layer's edge features depend only on the raw inputs and the node features of the layers
+        before, so each pass over the edges recomputes them per chunk from the raw inputs: memory
+        is the inputs plus one chunk's (chunk, hid) features instead of (E, hid) per layer. The
+        recomputation repeats only the cheap first edge update (the 60-column input, not 128).
+        """
+        c = self.config
+        num_edges = len(edges)
+        updates: list[tuple[Tensor, Tensor, Tensor]] = []  # per finished layer: EdgeUpdate.start terms
+
+        def edge_x(idx: slice | Tensor) -> Tensor:  # the current layer's edge inputs for some edges
+            x = edges.x[idx]
+            ends = edge_index[:, idx]
+            for terms in updates:
+                x = EdgeUpdate.apply_to(terms, x, ends)
+            return x
+
+        current = edges  # the affine map from edge_x() to the current edge features
+        for layer in self.layers:
+            state = layer.conv.start(h, current)
+            groups: list[slice] | list[Tensor] = edge_chunks(num_edges, c.chunk_size)
+            if 0.0 < edge_sample_ratio < 1.0:  # messages over a random fraction of the edges
+                keep = torch.randperm(num_edges, device=edge_index.device)[:int(num_edges * edge_sample_ratio)]
+                groups = [keep[s] for s in edge_chunks(len(keep), c.chunk_size)]
+            for g in groups:
+                layer.conv.accumulate(state, edge_x(g), edge_index[:, g])
+            h = F.silu(layer.conv.finish(h, state))
+            updates.append(layer.edge_update.start(h, current))
+            current = Edges(None, layer.edge_update.edge_out.weight, layer.edge_update.edge_out.bias)
+
+        hidden, out = self.head[0], self.head[2]
+        w_hid, b_hid = current.compose(hidden.weight, hidden.bias)
+        rows = slice(None) if k is None else torch.arange(feat, device=h.device) * c.seq_len + (k - 1)
+        w_out, b_out = _select_rows(out, rows)
+        delta = map_edges(lambda s: F.linear(F.silu(F.linear(edge_x(s), w_hid, b_hid)), w_out, b_out), num_edges,
+                          c.chunk_size)
+        if k is not None:
+            return last + delta
+        delta = delta.view(-1, c.max_feat_size, c.seq_len)[:, :feat]
+        return last.unsqueeze(-1) + delta if add_last else delta
 
 
 class NiNoMLP(Nowcaster):

@@ -75,3 +75,25 @@ def test_compat_reports_a_graph_mismatch(tmp_path):
 
 def test_default_ckpt_dir_follows_shared_layout():
     assert default_ckpt_dir(FIXTURES[0]) == OFFICIAL.resolve()
+
+
+def test_streamed_inference_samples_the_same_edges_as_whole_inference(official_dir):
+    """Chunked inference streams edge features (never stored for all edges); with edge sampling it
+    draws the same random edges as unchunked inference from the same seed."""
+    data = np.load(FIXTURES[0])
+    meta = json.loads(bytes(data['meta_json']))
+    g = build_graph(meta['params'], **meta['graph_kwargs'])
+    feats = g.edge_features(scale_states(torch.from_numpy(data['states']), g.params)[0])
+    lpe = torch.from_numpy(data['lpe'])
+    model = load_nowcaster(official_dir / 'nino_no_posw.pt')
+    out = {}
+    with torch.no_grad():
+        for chunk in (0, 333):
+            model.config.chunk_size = chunk
+            torch.manual_seed(5)
+            out[chunk] = model(feats, g.edge_type, g.edge_index, lpe, k=3, edge_sample_ratio=0.3)
+        full = model(feats, g.edge_type, g.edge_index, lpe, k=3)
+    torch.testing.assert_close(out[333], out[0], atol=1e-5, rtol=0)
+    assert not torch.allclose(out[333], full, atol=1e-3)
+    with pytest.raises(ValueError, match='inference'):
+        model(feats, g.edge_type, g.edge_index, lpe, k=3, edge_sample_ratio=0.3)
