@@ -88,9 +88,9 @@ def run_one(name: str, ckpt: Path) -> dict:
     opt.step()
     step_s = time.perf_counter() - t0
     assert opt.num_nowcasts == 1
-    parts = [p.graph for p in opt.graphs.parts]
-    return dict(model=name, params=opt.graphs.num_params, nodes=sum(g.num_nodes for g in parts),
-                edges=sum(g.num_edges for g in parts), graphs=len(parts), settings=settings, graph_s=graph_s,
+    parts = opt.graphs.parts
+    return dict(model=name, params=opt.graphs.num_params, nodes=sum(p.num_nodes for p in parts),
+                edges=sum(p.num_edges for p in parts), graphs=len(parts), settings=settings, graph_s=graph_s,
                 step_s=step_s, rss_before_mb=rss_before, rss_peak_mb=_peak_rss_mb())
 
 

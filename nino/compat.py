@@ -83,7 +83,7 @@ def _check_subgraphs(data: np.lib.npyio.NpzFile, meta: dict, params: list, ckpt_
                      tol: float) -> list[ParityRow]:
     """Subgraph mode: the same split into blocks, then each checkpoint's whole predicted vector."""
     graphs = ModelGraphs.build(params, subgraph=True, **meta.get('graph_kwargs', {}))
-    blocks = [[name for name, _ in part.graph.params] for part in graphs.parts]
+    blocks = [[name for name, _ in part.params] for part in graphs.parts]
     same = blocks == meta['blocks']
     rows = [ParityRow('blocks', 0.0 if same else float('inf'), same)]
     if not same:

@@ -112,9 +112,8 @@ class NiNoGNN(Nowcaster):
         num_nodes = int(edge_index.max()) + 1 if lpe is None else lpe.shape[0]
 
         # e = edge_proj(features) + embedding(type) = [features, one_hot(type)] A^T + bias (see nino.gnn.Edges)
-        inputs = torch.cat([edge_attr, F.one_hot(edge_type, c.edge_types).to(edge_attr.dtype)], dim=1)
-        edges = Edges(inputs, torch.cat([self.edge_proj.weight[:, :feat * c.ctx], self.edge_type_embed.weight.t()],
-                                        dim=1), self.edge_proj.bias)
+        edge_map = Edges(None, torch.cat([self.edge_proj.weight[:, :feat * c.ctx], self.edge_type_embed.weight.t()],
+                                         dim=1), self.edge_proj.bias)
         h = edge_attr.new_zeros(num_nodes, c.hid)
         if self.node_proj is not None:
             if lpe is None:
@@ -126,8 +125,10 @@ class NiNoGNN(Nowcaster):
             h = h + self.word_embed(pos_w)
         if edge_sample_ratio and torch.is_grad_enabled():
             raise ValueError('edge_sample_ratio is for inference (torch.no_grad()) only')
-        if not torch.is_grad_enabled() and c.chunk_size and len(edges) > c.chunk_size:
-            return self._streamed(edges, edge_type, edge_index, h, last, feat, k, add_last, edge_sample_ratio)
+        if not torch.is_grad_enabled() and c.chunk_size and len(edge_attr) > c.chunk_size:
+            return self._streamed(edge_attr, edge_type, edge_map, edge_index, h, last, feat, k, add_last,
+                                  edge_sample_ratio)
+        edges = Edges(self._inputs(edge_attr, edge_type), edge_map.weight, edge_map.bias)
         for layer in self.layers:
             h, edges = layer(h, edge_index, edges, c.chunk_size, edge_sample_ratio)
 
@@ -144,27 +145,32 @@ class NiNoGNN(Nowcaster):
         return last + delta
 
 
-    def _streamed(self, edges: Edges, edge_type: Tensor, edge_index: Tensor, h: Tensor, last: Tensor, feat: int,
-                  k: int | None, add_last: bool, edge_sample_ratio: float) -> Tensor:
+    def _inputs(self, edge_attr: Tensor, edge_type: Tensor) -> Tensor:
+        """The first layer's edge inputs: [features, one_hot(type)]."""
+        return torch.cat([edge_attr, F.one_hot(edge_type, self.config.edge_types).to(edge_attr.dtype)], dim=1)
+
+    def _streamed(self, edge_attr: Tensor, edge_type: Tensor, edge_map: Edges, edge_index: Tensor, h: Tensor,
+                  last: Tensor, feat: int, k: int | None, add_last: bool, edge_sample_ratio: float) -> Tensor:
         """Inference with per-edge features computed chunk by chunk and never stored for all edges.
 
         A layer's edge features depend only on the raw inputs and the node features of the layers
         before, so each pass over the edges recomputes them per chunk from the raw inputs: memory
         is the inputs plus one chunk's (chunk, hid) features instead of (E, hid) per layer. The
-        recomputation repeats only the cheap first edge update (the 60-column input, not 128).
+        recomputation repeats only the cheap first edge update (the 60-column input, not 128). Even
+        the first layer's inputs (features and a one-hot type) are built per chunk.
         """
         c = self.config
-        num_edges = len(edges)
+        num_edges = len(edge_attr)
         updates: list[tuple[Tensor, Tensor, Tensor]] = []  # per finished layer: EdgeUpdate.start terms
 
         def edge_x(idx: slice | Tensor) -> Tensor:  # the current layer's edge inputs for some edges
-            x = edges.x[idx]
+            x = self._inputs(edge_attr[idx], edge_type[idx])
             ends = edge_index[:, idx]
             for terms in updates:
                 x = EdgeUpdate.apply_to(terms, x, ends)
             return x
 
-        current = edges  # the affine map from edge_x() to the current edge features
+        current = edge_map  # the affine map from edge_x() to the current edge features
         for layer in self.layers:
             state = layer.conv.start(h, current)
             groups: list[slice] | list[Tensor] = edge_chunks(num_edges, c.chunk_size)

@@ -4,14 +4,15 @@
 transformer block (the reference's subgraph mode: embeddings join the first block, the final
 norm and an untied head the last). Scaling statistics are always taken over the whole model
 first; then each part's edge features are built, predicted and turned back into its slice of
-the flat vector one part at a time, so the memory of the step is bounded by the largest part's
-edges rather than the model's.
+the flat vector one part at a time. For large models (more than `KEEP_GRAPHS_UP_TO` parameters
+by default) a part's graph is built when needed and dropped after use, keeping only its
+positional encoding: memory then follows the largest part, not the model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -20,30 +21,41 @@ from .graph import build_graph, family_of, graph_for_module, head_counts, laplac
 from .graph.neural_graph import NeuralGraph
 from .graph.transformer import TransformerFamily
 from .model import Nowcaster
-from .scaling import scale_states, unscale_states
+from .scaling import apply_scale, layer_stats, unscale_states
+
+#: Models up to this many parameters keep their graphs between nowcasts (rebuilding costs ~0.1 s
+#: per million edges; keeping costs ~50 bytes per edge).
+KEEP_GRAPHS_UP_TO = 20_000_000
 
 
 @dataclass
 class GraphPart:
-    """One neural graph and the slice [start, stop) of the flat parameter vector it covers."""
+    """The parameters [start, stop) of the flat vector one neural graph covers, and its encoding."""
 
-    graph: NeuralGraph
+    params: list[tuple[str, tuple[int, ...]]]
     start: int
     stop: int
+    graph_kwargs: dict = field(default_factory=dict)
+    graph: NeuralGraph | None = None  # None when not built yet, or dropped after use
     lpe: Tensor | None = None
+    num_nodes: int = 0
+    num_edges: int = 0
 
 
 class ModelGraphs:
     """The neural graph(s) of a model and the nowcast over them."""
 
-    def __init__(self, params: Sequence[tuple[str, tuple[int, ...]]], parts: list[GraphPart]) -> None:
+    def __init__(self, params: Sequence[tuple[str, tuple[int, ...]]], parts: list[GraphPart],
+                 keep_graphs: bool | None = None) -> None:
         self.params = [(name, tuple(int(s) for s in shape)) for name, shape in params]
         self.parts = parts
+        self.keep_graphs = parts[-1].stop <= KEEP_GRAPHS_UP_TO if keep_graphs is None else keep_graphs
+        self.device = torch.device('cpu')
 
     @classmethod
     def build(cls, params: Sequence[tuple[str, tuple[int, ...]]], num_heads: int | None = None,
               num_key_value_heads: int | None = None, family: type[TransformerFamily] | None = None,
-              subgraph: bool = False) -> ModelGraphs:
+              subgraph: bool = False, keep_graphs: bool | None = None) -> ModelGraphs:
         """Graph(s) of a (name, shape) list; `subgraph=True` makes one per transformer block."""
         params = [(name, tuple(int(s) for s in shape)) for name, shape in params]
         family = family or family_of(params)
@@ -52,51 +64,75 @@ class ModelGraphs:
                              'transformer families (GPT-2, Llama, Qwen3, BERT, nanoGPT)')
         groups = split_blocks(params, family) if subgraph else [list(range(len(params)))]
         sizes = [int(torch.Size(shape).numel()) for _, shape in params]
+        kwargs = dict(num_heads=num_heads, num_key_value_heads=num_key_value_heads, family=family)
         parts = []
         for group in groups:
             start = sum(sizes[:group[0]])
-            graph = build_graph([params[i] for i in group], num_heads, num_key_value_heads, family=family)
-            parts.append(GraphPart(graph, start, start + graph.num_params))
-        return cls(params, parts)
+            parts.append(GraphPart([params[i] for i in group], start, start + sum(sizes[i] for i in group), kwargs))
+        graphs = cls(params, parts, keep_graphs)
+        graphs.graph(0)  # errors in the parameter list surface now, not at the first nowcast
+        if not graphs.keep_graphs:
+            graphs.release(0)
+        return graphs
 
     @classmethod
     def for_module(cls, model: torch.nn.Module, num_heads: int | None = None, num_key_value_heads: int | None = None,
-                   subgraph: bool = False) -> ModelGraphs:
+                   subgraph: bool = False, keep_graphs: bool | None = None) -> ModelGraphs:
         """Graph(s) of a module, its family and head counts taken from the model as `graph_for_module` does."""
         shapes = param_shapes(model)
         family = family_of(shapes, getattr(getattr(model, 'config', None), 'model_type', None))
         if family is None and not subgraph:
             graph = graph_for_module(model)
-            return cls(shapes, [GraphPart(graph, 0, graph.num_params)])
+            part = GraphPart(shapes, 0, graph.num_params, graph=graph, num_nodes=graph.num_nodes,
+                             num_edges=graph.num_edges)
+            return cls(shapes, [part], keep_graphs=True)
         heads, kv_heads = head_counts(model)
-        return cls.build(shapes, num_heads or heads, num_key_value_heads or kv_heads, family, subgraph)
+        return cls.build(shapes, num_heads or heads, num_key_value_heads or kv_heads, family, subgraph, keep_graphs)
 
     @property
     def num_params(self) -> int:
         return self.parts[-1].stop
 
-    def set_lpe(self, lpe: Tensor | Sequence[Tensor] | None, k: int) -> None:
+    def graph(self, i: int) -> NeuralGraph:
+        """The graph of part i, built (and moved to the device) if it is not held."""
+        part = self.parts[i]
+        if part.graph is None:
+            g = build_graph(part.params, **part.graph_kwargs)
+            g.edge_index, g.edge_type, g.pos_w = (t.to(self.device) for t in (g.edge_index, g.edge_type, g.pos_w))
+            part.graph, part.num_nodes, part.num_edges = g, g.num_nodes, g.num_edges
+        return part.graph
+
+    def release(self, i: int) -> None:
+        """Drop the graph of part i unless graphs are kept."""
+        if not self.keep_graphs:
+            self.parts[i].graph = None
+
+    def set_lpe(self, lpe: Tensor | Sequence[Tensor | None] | None, k: int) -> None:
         """Use precomputed positional encodings (one tensor, or one per part), computing those not given."""
         given = [lpe] if isinstance(lpe, Tensor) else list(lpe) if lpe is not None else [None] * len(self.parts)
         if len(given) != len(self.parts):
             raise ValueError(f'lpe: {len(given)} tensors given for {len(self.parts)} graphs')
         for i, (part, pe) in enumerate(zip(self.parts, given)):
+            g = self.graph(i)
             if pe is None:
-                pe = laplacian_pe(part.graph.edge_index, part.graph.num_nodes, k)
-            elif tuple(pe.shape) != (part.graph.num_nodes, k):
+                pe = laplacian_pe(g.edge_index.cpu(), g.num_nodes, k)
+            elif tuple(pe.shape) != (g.num_nodes, k):
                 where = f' for graph {i}' if len(self.parts) > 1 else ''
-                raise ValueError(f'lpe{where} must have shape ({part.graph.num_nodes}, {k}), got {tuple(pe.shape)}')
-            part.lpe = pe.float()
+                raise ValueError(f'lpe{where} must have shape ({g.num_nodes}, {k}), got {tuple(pe.shape)}')
+            part.lpe = pe.float().to(self.device)
+            self.release(i)
 
     @property
     def lpe(self) -> list[Tensor | None]:
         return [part.lpe for part in self.parts]
 
     def to(self, device: str | torch.device) -> ModelGraphs:
-        """Move the graphs' index tensors and encodings to a device (in place)."""
+        """Keep graphs and encodings on a device (in place)."""
+        self.device = torch.device(device)
         for part in self.parts:
-            g = part.graph
-            g.edge_index, g.edge_type, g.pos_w = g.edge_index.to(device), g.edge_type.to(device), g.pos_w.to(device)
+            if part.graph is not None:
+                g = part.graph
+                g.edge_index, g.edge_type, g.pos_w = (t.to(device) for t in (g.edge_index, g.edge_type, g.pos_w))
             if part.lpe is not None:
                 part.lpe = part.lpe.to(device)
         return self
@@ -111,15 +147,21 @@ class ModelGraphs:
         """
         if states.shape[0] != self.num_params:
             raise ValueError(f'states have {states.shape[0]} rows, the model has {self.num_params} parameters')
-        scaled, stats = scale_states(states, self.params)
+        stats = layer_stats(states, self.params)  # over the whole model, then each part scaled on its own
         out = torch.empty(self.num_params, dtype=states.dtype, device=states.device)
-        for part in self.parts:
-            g = part.graph
+        first = 0  # index of the part's first parameter tensor
+        for i, part in enumerate(self.parts):
+            g = self.graph(i)
+            part_stats = stats[first:first + len(part.params)]
+            first += len(part.params)
+            features = g.edge_features(apply_scale(states[part.start:part.stop], part.params, part_stats))
             with torch.autocast(states.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-                pred = nowcaster(g.edge_features(scaled[part.start:part.stop]), edge_type=g.edge_type,
-                                 edge_index=g.edge_index, lpe=part.lpe, pos_w=g.pos_w, k=k,
-                                 **_sampling(nowcaster, edge_sample_ratio))
+                pred = nowcaster(features, edge_type=g.edge_type, edge_index=g.edge_index, lpe=part.lpe,
+                                 pos_w=g.pos_w, k=k, **_sampling(nowcaster, edge_sample_ratio))
+            del features
             out[part.start:part.stop] = g.to_vector(pred.to(states.dtype))
+            del pred
+            self.release(i)
         return unscale_states(out, self.params, stats)
 
 

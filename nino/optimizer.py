@@ -198,7 +198,10 @@ class NiNo(torch.optim.Optimizer):
     @torch.no_grad()
     def _nowcast(self) -> bool:
         """Predict and write the parameters; False (and nothing written) if the prediction is not finite."""
-        states = torch.stack(self._states, dim=1)
+        states = self._states[0].new_empty(len(self._states[0]), len(self._states))
+        for i in range(len(self._states)):  # column by column, each state freed once copied
+            states[:, i] = self._states[i]
+            self._states[i] = states[:0, i]
         self._states = []
         k = self.current_k()
         x = self.graphs.predict(self.nowcaster, states, k, self.edge_sample_ratio,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -135,3 +137,15 @@ def test_an_embedding_outside_gpt2_is_refused_by_name():
         graph_for_module(model)
     with pytest.raises(UnsupportedLayerError, match=r"parameter 'weight' is an nn.Embedding"):
         graph_for_module(torch.nn.Embedding(10, 4))
+
+
+def test_laplacian_equals_torch_geometric_values():
+    from torch_geometric.utils import get_laplacian, to_dense_adj, to_undirected
+
+    from nino.graph.lpe import normalized_laplacian
+    meta = json.loads(bytes(np.load(FIXTURES[0])['meta_json']))
+    g = build_graph(meta['params'], **meta['graph_kwargs'])
+    ei, w = get_laplacian(to_undirected(g.edge_index, num_nodes=g.num_nodes), normalization='sym',
+                          num_nodes=g.num_nodes)
+    ref = to_dense_adj(ei, edge_attr=w.double(), max_num_nodes=g.num_nodes)[0].numpy()
+    assert np.array_equal(normalized_laplacian(g.edge_index, g.num_nodes).toarray(), ref)

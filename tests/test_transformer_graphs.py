@@ -156,15 +156,33 @@ def test_subgraphs_cover_the_model_and_bound_the_graph_size():
     model = _llama(num_hidden_layers=3, vocab_size=64)
     whole = ModelGraphs.for_module(model)
     parts = ModelGraphs.for_module(model, subgraph=True)
-    names = [[n for n, _ in p.graph.params] for p in parts.parts]
+    names = [[n for n, _ in p.params] for p in parts.parts]
     assert len(names) == 3 and names[0][0] == 'model.embed_tokens.weight' and names[-1][-2:] == ['model.norm.weight',
                                                                                                    'lm_head.weight']
     assert sum(names, []) == [n for n, _ in model.named_parameters()]
     assert [p.start for p in parts.parts[1:]] == [p.stop for p in parts.parts[:-1]]
     assert parts.num_params == whole.num_params
-    assert max(p.graph.num_edges for p in parts.parts) < whole.parts[0].graph.num_edges / 2
+    assert max(parts.graph(i).num_edges for i in range(3)) < whole.graph(0).num_edges / 2
     with pytest.raises(ValueError, match='not one of the known transformer families'):
         ModelGraphs.for_module(torch.nn.Sequential(torch.nn.Linear(3, 4)), subgraph=True)
+
+
+def test_graphs_of_large_models_are_built_per_nowcast_and_dropped(official_dir):
+    """Dropping each block's graph after use (the default above 20M parameters) changes nothing but memory."""
+    from nino.checkpoint import load_nowcaster
+    from nino.nowcast import ModelGraphs
+
+    model = _llama(num_hidden_layers=3, vocab_size=64)
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    states = torch.stack([flat + 0.01 * t * torch.randn_like(flat) for t in range(5)], dim=1)
+    nowcaster = load_nowcaster(official_dir / 'nino_no_posw.pt')
+    preds = []
+    for keep in (True, False):
+        graphs = ModelGraphs.for_module(model, subgraph=True, keep_graphs=keep)
+        graphs.set_lpe(None, 8)
+        preds.append(graphs.predict(nowcaster, states, k=5))
+        assert all((p.graph is not None) == keep and p.lpe is not None and p.num_edges > 0 for p in graphs.parts)
+    assert torch.equal(preds[0], preds[1])
 
 
 def test_edge_sampling_passes_messages_over_a_random_subset_of_edges():

@@ -136,31 +136,37 @@ class EdgeBlock:
 
 def assemble(blocks: list[EdgeBlock], params: list[tuple[str, tuple[int, ...]]],
              pos_w_rows: int = 0) -> NeuralGraph:
-    """Concatenate edge blocks (grouped by layer in order of first appearance), add self-loops."""
+    """Concatenate edge blocks (grouped by layer in order of first appearance), add self-loops.
+
+    Blocks are copied into preallocated tensors and dropped from `blocks` one by one, so building
+    a graph of E edges holds about one copy of them at a time (a 50M-edge embedding would
+    otherwise pass through several concatenations).
+    """
     layer_order: dict[str, int] = {}
     for b in blocks:
         layer_order.setdefault(b.layer, len(layer_order))
-    ordered = sorted(blocks, key=lambda b: layer_order[b.layer])  # stable: keeps key order
-    feat = max([b.param_index.shape[1] for b in ordered if b.param_index is not None] + [1])
+    order = sorted(range(len(blocks)), key=lambda i: layer_order[blocks[i].layer])  # stable: keeps key order
+    feat = max([b.param_index.shape[1] for b in blocks if b.param_index is not None] + [1])
+    num_edges = sum(len(b.src) for b in blocks)
+    num_nodes = int(max(max(int(b.src.max()), int(b.dst.max())) for b in blocks if len(b.src))) + 1
 
-    src = torch.cat([b.src for b in ordered])
-    dst = torch.cat([b.dst for b in ordered])
-    num_nodes = int(max(src.max(), dst.max())) + 1
-    loops = torch.arange(num_nodes)
-    edge_index = torch.stack((torch.cat([src, loops]), torch.cat([dst, loops])))
-
-    types = [torch.full((len(b.src),), int(b.edge_type), dtype=torch.long) for b in ordered]
-    types.append(torch.full((num_nodes,), int(EdgeType.SELF_LOOP), dtype=torch.long))
-
-    index = torch.full((edge_index.shape[1], feat), -1, dtype=torch.long)
+    edge_index = torch.empty(2, num_edges + num_nodes, dtype=torch.long)
+    edge_type = torch.empty(num_edges + num_nodes, dtype=torch.long)
+    index = torch.full((num_edges + num_nodes, feat), -1, dtype=torch.long)
     start = 0
-    for b in ordered:
+    for i in order:
+        b, blocks[i] = blocks[i], None
         n = len(b.src)
+        edge_index[0, start:start + n] = b.src
+        edge_index[1, start:start + n] = b.dst
+        edge_type[start:start + n] = int(b.edge_type)
         if b.param_index is not None:
             index[start:start + n, :b.param_index.shape[1]] = b.param_index
         start += n
+    blocks.clear()
+    edge_index[:, num_edges:] = torch.arange(num_nodes)
+    edge_type[num_edges:] = int(EdgeType.SELF_LOOP)
 
     pos_w = torch.zeros(num_nodes, dtype=torch.long)
     pos_w[:pos_w_rows] = torch.arange(1, pos_w_rows + 1)
-    return NeuralGraph(edge_index=edge_index, edge_type=torch.cat(types), pos_w=pos_w,
-                       param_index=index, params=params)
+    return NeuralGraph(edge_index=edge_index, edge_type=edge_type, pos_w=pos_w, param_index=index, params=params)

@@ -247,14 +247,16 @@ def build_transformer_graph(params: Iterable[tuple[str, tuple[int, ...]]], famil
                 edges[layer][key] = block[[1, 0]]
 
     by_name = {e.name: e for e in entries}
+    del entries
     blocks = []
-    for layer, keys in edges.items():
-        for key, block in keys.items():
-            e = by_name[f'{layer}.{key}']
-            index = None
-            if e.index is not None:
-                index = _feature_index(e.index, f.first_dim_out)
+    for layer in list(edges):  # popped as they go, so `assemble` can free each block once copied
+        keys = edges.pop(layer)
+        for key in list(keys):
+            block = keys.pop(key)
+            e = by_name.pop(f'{layer}.{key}')
+            index = None if e.index is None else _feature_index(e.index, f.first_dim_out)
             blocks.append(EdgeBlock(layer, key, f.edge_type(e.name, e.shape), block[0], block[1], index))
+            del block, e
     rows = 0
     if pos_w:
         rows = next((shape[0] for name, shape in params if name.endswith(f.word_embedding or (' ',))), 0)
