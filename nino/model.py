@@ -64,12 +64,13 @@ class Nowcaster(nn.Module):
 
     config: NiNoConfig
 
-    def _check_features(self, edge_attr: Tensor) -> int:
+    def _check_features(self, edge_attr: Tensor, any_size: bool = False) -> int:
+        """Feature slots per edge; more than `max_feat_size` only for nowcasters that treat slots apart."""
         ctx = self.config.ctx
         if edge_attr.dim() != 2 or edge_attr.shape[1] % ctx:
             raise ValueError(f'edge features must be (E, feat * {ctx}), got {tuple(edge_attr.shape)}')
         feat = edge_attr.shape[1] // ctx
-        if feat > self.config.max_feat_size:
+        if feat > self.config.max_feat_size and not any_size:
             raise ValueError(f'edge features hold {feat} values per edge but this nowcaster supports at '
                              f'most {self.config.max_feat_size} (e.g. a conv kernel larger than 3x3)')
         return feat
@@ -212,7 +213,7 @@ class NiNoMLP(Nowcaster):
         """Predict (E, feat) at horizon k, or (E, feat, seq_len) when k is None; `add_last=False` (all
         horizons only) returns the predicted change from the last state."""
         c = self.config
-        feat = self._check_features(edge_attr)
+        feat = self._check_features(edge_attr, any_size=True)  # one MLP per slot: any kernel size
         self._check_k(k)
         x = edge_attr.view(-1, feat, c.ctx)
         last = x[:, :, -1]

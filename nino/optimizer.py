@@ -130,10 +130,11 @@ class NiNo(torch.optim.Optimizer):
         self.ctx = cfg.ctx
         self.interval = period // cfg.ctx
         self.graphs = ModelGraphs.for_module(model, num_heads, num_key_value_heads, subgraph)
-        for name, shape in self.graphs.params:
-            if len(shape) == 4 and shape[2] * shape[3] > cfg.max_feat_size:
+        for name, shape in self.graphs.params:  # the per-parameter MLP (gnn False) treats kernel positions apart
+            if cfg.gnn and len(shape) == 4 and shape[2] * shape[3] > cfg.max_feat_size:
                 raise UnsupportedLayerError(f"parameter '{name}' has a {shape[2]}x{shape[3]} kernel but the "
-                                            f"nowcaster supports at most {cfg.max_feat_size} positions")
+                                            f"nowcaster supports at most {cfg.max_feat_size} positions (a "
+                                            f"per-parameter MLP nowcaster such as nino_mlp.pt takes any size)")
         if cfg.gnn and cfg.lpe:
             self.graphs.set_lpe(lpe, cfg.lpe)
         self.graphs.to(self.device)

@@ -20,6 +20,7 @@ from nino.graph import (
     NanoGPTFamily,
     Qwen3Family,
     UnsupportedLayerError,
+    ViTFamily,
     build_graph,
     family_of,
     graph_for_module,
@@ -108,6 +109,8 @@ def test_families_are_recognised_from_names_and_model_type():
     assert family_of(llama, 'qwen3') is Qwen3Family
     assert family_of([('bert.encoder.layer.0.attention.self.query.weight', (4, 4))]) is BertFamily
     assert family_of([('0.weight', (4, 4))]) is None
+    vit = [(n, tuple(p.shape)) for n, p in _vit(4).named_parameters()]
+    assert family_of(vit) is family_of([], 'vit') is ViTFamily
 
 
 def test_transformer_errors_name_what_is_wrong():
@@ -229,3 +232,46 @@ def test_nino_wrapper_subgraph_edge_sampling_and_bf16(official_dir):
     assert 0 < change < 0.1  # each block sees only its own graph: close to, not equal to, the whole-model nowcast
     assert not torch.equal(results['sampled'], results['subgraph'])
     assert float((results['bf16'] - whole).abs().max()) < 0.01
+
+
+def _vit(patch: int, hidden: int = 12, heads: int = 2) -> transformers.ViTForImageClassification:
+    torch.manual_seed(0)
+    return transformers.ViTForImageClassification(transformers.ViTConfig(
+        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=heads,
+        image_size=8 if patch != 3 else 9, patch_size=patch, num_channels=3, num_labels=5))
+
+
+# Node and edge counts of the reference code's graphs (`graph/graph_vit.py`) for the torchvision ViT
+# holding the same weights, computed side by side on 2026-11-29 (edges, types and features were equal).
+@pytest.mark.parametrize('patch,hidden,heads,nodes,edges', [(4, 12, 2, 198, 3071), (3, 12, 3, 205, 3138),
+                                                            (2, 16, 4, 266, 5311)])
+def test_vit_graph_counts_and_patch_features(patch, hidden, heads, nodes, edges):
+    model = _vit(patch, hidden, heads)
+    g = graph_for_module(model)
+    assert (g.num_nodes, g.num_edges, g.max_feat_size) == (nodes, edges, patch * patch)
+    # the patch convolution: one edge per (input channel, feature), its kernel in the edge's slots
+    conv = g.edge_type == EdgeType.CONV
+    assert int(conv.sum()) == 3 * hidden
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    feats = g.edge_features(flat.unsqueeze(1))
+    kernel = model.vit.embeddings.patch_embeddings.projection.weight.detach()
+    torch.testing.assert_close(feats[conv][0], kernel[0, 0].flatten())  # channel 0 -> feature 0
+    assert torch.equal(g.to_vector(feats), flat)
+
+
+def test_vit_nowcasts_with_the_mlp_and_names_a_patch_too_large_for_the_gnn(official_dir):
+    import nino
+
+    model = _vit(4)
+    with pytest.raises(UnsupportedLayerError, match="'vit.embeddings.patch_embeddings.projection.weight' has a 4x4"):
+        nino.NiNo(torch.optim.AdamW(model.parameters()), model, ckpt=official_dir / 'nino_no_posw.pt')
+    x = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(8) % 5
+    for ckpt, m in ((official_dir / 'nino_mlp.pt', model), (official_dir / 'nino_no_posw.pt', _vit(3))):
+        x_m = x if m is model else torch.randn(8, 3, 9, 9, generator=torch.Generator().manual_seed(0))
+        opt = nino.NiNo(torch.optim.AdamW(m.parameters(), lr=1e-3), m, ckpt=ckpt, period=5, max_train_steps=20)
+        for _ in range(5):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(pixel_values=x_m).logits, y).backward()
+            opt.step()
+        assert opt.num_nowcasts == 1 and all(bool(torch.isfinite(p).all()) for p in m.parameters())

@@ -2,7 +2,7 @@
 
 `build_graph(params, num_heads=None, num_key_value_heads=None)` picks the builder from the
 parameter names: a transformer family of `FAMILIES` when its marker parameter is present (GPT-2,
-Qwen3, Llama, BERT, modded-nanogpt), otherwise the sequential MLP/convnet builder.
+Qwen3, Llama, BERT, modded-nanogpt, ViT), otherwise the sequential MLP/convnet builder.
 `graph_for_module(model)` does the same for an `nn.Module`, taking the family from a transformers
 model's `config.model_type` and head counts from its config. Adding a transformer family is one
 module with a `TransformerFamily` subclass, listed in `FAMILIES`.
@@ -23,14 +23,16 @@ from .neural_graph import AUX_EDGE_VALUE, EdgeType, NeuralGraph, UnsupportedLaye
 from .qwen import Qwen3Family
 from .sequential import build_sequential_graph
 from .transformer import TransformerFamily, build_transformer_graph, split_blocks
+from .vit import ViTFamily
 
 __all__ = ['AUX_EDGE_VALUE', 'FAMILIES', 'BertFamily', 'EdgeType', 'GPT2Family', 'LlamaFamily', 'NanoGPTFamily',
-           'Qwen3Family', 'NeuralGraph', 'TransformerFamily', 'UnsupportedLayerError',
+           'Qwen3Family', 'ViTFamily', 'NeuralGraph', 'TransformerFamily', 'UnsupportedLayerError',
            'build_graph', 'build_gpt2_graph', 'build_sequential_graph', 'build_transformer_graph', 'family_of',
            'graph_for_module', 'head_counts', 'is_gpt2', 'laplacian_pe', 'param_shapes', 'split_blocks']
 
 #: Transformer families, most specific first (Qwen3 has every Llama parameter and more).
-FAMILIES: tuple[type[TransformerFamily], ...] = (GPT2Family, Qwen3Family, LlamaFamily, BertFamily, NanoGPTFamily)
+FAMILIES: tuple[type[TransformerFamily], ...] = (GPT2Family, Qwen3Family, LlamaFamily, BertFamily, NanoGPTFamily,
+                                                 ViTFamily)
 
 
 def param_shapes(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:

@@ -246,6 +246,9 @@ def build_transformer_graph(params: Iterable[tuple[str, tuple[int, ...]]], famil
             elif layer.endswith(k_layer) and is_w:
                 edges[layer][key] = block[[1, 0]]
 
+    rows = 0
+    if pos_w:  # the word embedding's rows, as the walk sees it (ViT: a one-row class token)
+        rows = next((e.shape[0] for e in entries if e.name.endswith(f.word_embedding or (' ',))), 0)
     by_name = {e.name: e for e in entries}
     del entries
     blocks = []
@@ -257,9 +260,6 @@ def build_transformer_graph(params: Iterable[tuple[str, tuple[int, ...]]], famil
             index = None if e.index is None else _feature_index(e.index, f.first_dim_out)
             blocks.append(EdgeBlock(layer, key, f.edge_type(e.name, e.shape), block[0], block[1], index))
             del block, e
-    rows = 0
-    if pos_w:
-        rows = next((shape[0] for name, shape in params if name.endswith(f.word_embedding or (' ',))), 0)
     return assemble(blocks, params, pos_w_rows=rows)
 
 
