@@ -275,3 +275,17 @@ def test_vit_nowcasts_with_the_mlp_and_names_a_patch_too_large_for_the_gnn(offic
             torch.nn.functional.cross_entropy(m(pixel_values=x_m).logits, y).backward()
             opt.step()
         assert opt.num_nowcasts == 1 and all(bool(torch.isfinite(p).all()) for p in m.parameters())
+
+
+def test_vit_names_of_transformers_before_5_give_the_same_graph():
+    new = [(n, tuple(p.shape)) for n, p in _vit(4).named_parameters()]
+    renames = {'attention.q_proj': 'attention.attention.query', 'attention.k_proj': 'attention.attention.key',
+               'attention.v_proj': 'attention.attention.value', 'attention.o_proj': 'attention.output.dense',
+               'mlp.fc1': 'intermediate.dense', 'mlp.fc2': 'output.dense', 'vit.layers.': 'vit.encoder.layer.'}
+    old = []
+    for name, shape in new:
+        for a, b in renames.items():
+            name = name.replace(a, b)
+        old.append((name, shape))
+    g_new, g_old = build_graph(new, num_heads=2), build_graph(old, num_heads=2)
+    assert torch.equal(g_new.edge_index, g_old.edge_index) and torch.equal(g_new.param_index, g_old.param_index)
