@@ -72,6 +72,8 @@ class NiNo(torch.optim.Optimizer):
         edge_sample_ratio: in (0, 1): messages pass over that random fraction of edges at each nowcast
             (the reference's large-model knob); every parameter is still predicted. 0: all edges.
         amp: run the nowcaster under bfloat16 autocast (less memory and time; predictions less exact).
+        chunk_size: edges per chunk when nowcasting (sets the nowcaster's `config.chunk_size`; memory of
+            the step's per-edge work is about chunk_size x 1.5 KB). None: the nowcaster's (100,000).
         upd_scale: factor on the predicted change (1: the prediction as it is).
         k_power: power of the decay of the horizon k over training (2, as the paper).
         guard: a callable returning a loss of the model as it is when called (e.g. on a few held-out
@@ -88,7 +90,8 @@ class NiNo(torch.optim.Optimizer):
                  max_train_steps: int = 10000, device: str | torch.device | None = None,
                  num_heads: int | None = None, num_key_value_heads: int | None = None,
                  lpe: Tensor | Sequence[Tensor | None] | None = None, subgraph: bool = False,
-                 edge_sample_ratio: float = 0.0, amp: bool = False, upd_scale: float = 1.0,
+                 edge_sample_ratio: float = 0.0, amp: bool = False, chunk_size: int | None = None,
+                 upd_scale: float = 1.0,
                  k_power: float = 2.0, guard: Callable[[], float | Tensor] | None = None,
                  guard_scales: Sequence[float] = (1.0, 0.5, 0.25), guard_margin: float = 0.0,
                  guard_delay: int = 0) -> None:
@@ -123,6 +126,10 @@ class NiNo(torch.optim.Optimizer):
         self.device = torch.device(device) if device is not None else self._params[0].device
         nowcaster = ckpt if isinstance(ckpt, nn.Module) else load_nowcaster(ckpt)
         self.nowcaster = nowcaster.to(self.device).eval()
+        if chunk_size is not None:
+            if chunk_size < 1:
+                raise ValueError(f'chunk_size must be a positive number of edges, got {chunk_size}')
+            self.nowcaster.config.chunk_size = chunk_size
         cfg = self.nowcaster.config
         if period < cfg.ctx or period % cfg.ctx:
             raise ValueError(f'period ({period}) must be a positive multiple of ctx ({cfg.ctx}): the {cfg.ctx} '

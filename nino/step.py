@@ -187,9 +187,11 @@ def cached_graphs(cache: Path, params: list, graph_kwargs: dict, subgraph: bool,
 def run_step(last: Path, out: Path, nowcaster_ckpt: str | Path, period: int = 1000, max_train_steps: int = 10000,
              k_power: float = 2.0, upd_scale: float = 1.0, subgraph: bool = False, edge_sample_ratio: float = 0.0,
              amp: bool = False, num_heads: int | None = None, num_key_value_heads: int | None = None,
-             device: str = 'cpu') -> dict:
+             device: str = 'cpu', chunk_size: int | None = None) -> dict:
     """Nowcast from the c checkpoints ending at `last` and write the result to `out`; returns a summary."""
     nowcaster = load_nowcaster(nowcaster_ckpt).to(device).eval()
+    if chunk_size:
+        nowcaster.config.chunk_size = chunk_size
     ctx = nowcaster.config.ctx
     paths = checkpoint_paths(Path(last), period, ctx)
     missing = [str(p) for _, p in paths if not p.exists()]
@@ -236,11 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--num-heads', type=int, default=None, help='attention heads, if no config says')
     parser.add_argument('--num-key-value-heads', type=int, default=None)
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--chunk-size', type=int, default=None, help='edges per chunk (default: the nowcaster\'s)')
     args = parser.parse_args(argv)
     try:
         summary = run_step(args.last, args.out, args.ckpt, args.period, args.max_train_steps, args.k_power,
                            args.upd_scale, args.subgraph, args.edge_sample_ratio, args.amp, args.num_heads,
-                           args.num_key_value_heads, args.device)
+                           args.num_key_value_heads, args.device, args.chunk_size)
     except (FileNotFoundError, ValueError, FloatingPointError) as err:
         print(f'nino.step: {err}', file=sys.stderr)
         return 2
