@@ -3,9 +3,10 @@
 On a local Ray cluster, with data that ships with scikit-learn (no download):
 1. collect 32 trajectories of small MLPs on 8x8 digits into runs/quickstart/store;
 2. meta-train a small NiNo on them (bf16 autocast, checkpoints) into runs/quickstart/nowcaster;
-3. evaluate it against Adam and linear extrapolation on held-out seeds and a held-out width, alone
-   and guarded (`nino.NiNo(guard=..., guard_delay=20)`: a nowcast whose loss on 4 training batches
-   is not lower 20 steps later is rolled back), print the table and write the plots to
+3. evaluate it, and the nowcaster this project ships for this task (`checkpoints/digits-mlp-h64`,
+   the same recipe), against Adam and linear extrapolation on held-out seeds and a held-out width,
+   alone and guarded (`nino.NiNo(guard=..., guard_delay=20)`: a nowcast whose loss on 4 training
+   batches is not lower 20 steps later is rolled back), print the table and write the plots to
    runs/quickstart/eval.
 Every stage resumes: a rerun skips finished trajectories, training steps and evaluation runs.
 """
@@ -27,6 +28,7 @@ from .collect import collect
 from .evaluate import evaluate
 
 CONFIGS = Path(__file__).resolve().parent / 'configs'
+SHIPPED = Path(__file__).resolve().parents[1] / 'checkpoints' / 'digits-mlp-h64.safetensors'
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(no-change prediction: {summary['val_l1_no_change']:.4f})")
 
         print('\n== 3/3 evaluating against Adam (held-out seeds and width) ==', flush=True)
-        _, table = evaluate(CONFIGS / 'quickstart-eval.yaml', out / 'eval',
-                            [str(out / 'nowcaster' / 'nowcaster.safetensors')], guard=4, guard_delay=20)
+        nowcasters = [str(out / 'nowcaster' / 'nowcaster.safetensors')] + ([str(SHIPPED)] if SHIPPED.is_file() else [])
+        _, table = evaluate(CONFIGS / 'quickstart-eval.yaml', out / 'eval', nowcasters, guard=4, guard_delay=20)
     finally:
         ray.shutdown()
     print('\n' + table)

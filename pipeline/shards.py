@@ -236,6 +236,10 @@ def fsspec_reader(fs, path: str) -> ShardReader:
                 start, stop = size + start, size
             starts.append(start)
             stops.append(stop)
+        if not getattr(fs, 'async_impl', False):
+            # sync file systems (local, simplecache::...): cat_ranges would loop over cat_file anyway, and
+            # fsspec 2026.7's caching file systems return its errors as values (an AttributeError)
+            return [fs.cat_file(u, start=a, end=b) for u, a, b in zip(urls, starts, stops)]
         blobs = fs.cat_ranges(urls, starts, stops, on_error='return')
         for blob in blobs:
             if isinstance(blob, Exception):
