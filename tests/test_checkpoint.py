@@ -125,3 +125,30 @@ def test_damaged_or_foreign_files_are_named(tmp_path, official_dir):
     truncated.write_bytes((official_dir / 'nino_mlp_h32.pt').read_bytes()[:5000])
     with pytest.raises(CheckpointError, match='nino_truncated.pt'):
         load_nowcaster(truncated)
+
+
+def test_shipped_checkpoints_load_and_are_listed_in_the_model_card():
+    """Every nowcaster in checkpoints/ loads (its SHA-256 checked) and has a row in checkpoints/README.md."""
+    from pathlib import Path
+
+    from nino import NiNo
+    from pipeline.tasks import MLP
+
+    folder = Path(__file__).resolve().parents[1] / 'checkpoints'
+    files = sorted(folder.glob('*.safetensors'))
+    card = (folder / 'README.md').read_text()
+    assert files
+    for path in files:
+        model = load_nowcaster(path)
+        assert f'`{path.name}`' in card and f'## `{path.stem}`' in card
+        assert sum(p.numel() for p in model.parameters()) > 0
+    torch.manual_seed(0)
+    net = MLP(64, [32, 32], 10)
+    opt = NiNo(torch.optim.AdamW(net.parameters(), lr=1e-3), net, ckpt=folder / 'digits-mlp-h64.safetensors',
+               period=60, max_train_steps=1000)
+    x, y = torch.randn(32, 1, 8, 8), torch.arange(32) % 10
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    assert opt.num_nowcasts == 1 and all(bool(torch.isfinite(p).all()) for p in net.parameters())
