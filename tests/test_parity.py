@@ -29,13 +29,17 @@ def test_predictions_equal_reference_for_every_k(fixture, official_dir, tag):
         np.testing.assert_allclose(x, a[f'pred_{tag}_k{k}'], atol=1e-4, rtol=0, err_msg=f'k={k}')
 
 
-def test_chunked_inference_equals_unchunked(official_dir):
+def _fm16_inputs(official_dir):
+    """(graph, scaled edge features, LPE, nino_no_posw) of the first fixture."""
     data = np.load(FIXTURES[0])
     meta = json.loads(bytes(data['meta_json']))
     g = build_graph(meta['params'], **meta['graph_kwargs'])
     feats = g.edge_features(scale_states(torch.from_numpy(data['states']), g.params)[0])
-    lpe = torch.from_numpy(data['lpe'])
-    model = load_nowcaster(official_dir / 'nino_no_posw.pt')
+    return g, feats, torch.from_numpy(data['lpe']), load_nowcaster(official_dir / 'nino_no_posw.pt')
+
+
+def test_chunked_inference_equals_unchunked(official_dir):
+    g, feats, lpe, model = _fm16_inputs(official_dir)
     with torch.no_grad():
         model.config.chunk_size = 0
         whole = model(feats, g.edge_type, g.edge_index, lpe, k=7)
@@ -80,12 +84,7 @@ def test_default_ckpt_dir_follows_shared_layout():
 def test_streamed_inference_samples_the_same_edges_as_whole_inference(official_dir):
     """Chunked inference streams edge features (never stored for all edges); with edge sampling it
     draws the same random edges as unchunked inference from the same seed."""
-    data = np.load(FIXTURES[0])
-    meta = json.loads(bytes(data['meta_json']))
-    g = build_graph(meta['params'], **meta['graph_kwargs'])
-    feats = g.edge_features(scale_states(torch.from_numpy(data['states']), g.params)[0])
-    lpe = torch.from_numpy(data['lpe'])
-    model = load_nowcaster(official_dir / 'nino_no_posw.pt')
+    g, feats, lpe, model = _fm16_inputs(official_dir)
     out = {}
     with torch.no_grad():
         for chunk in (0, 333):

@@ -8,9 +8,7 @@ the word-embedding rows: it becomes one extra node feeding them, and every other
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from .transformer import EdgeDict, Entry, SameNeurons, TransformerFamily
+from .transformer import EdgeDict, SameNeurons, TransformerFamily
 
 _LM_BIAS = 'cls.predictions.bias'
 
@@ -28,30 +26,7 @@ class BertFamily(TransformerFamily):
     q_weight = 'attention.self.query.weight'
     k_weight = 'attention.self.key.weight'
     v_weight = 'attention.self.value.weight'
-    mlp_bias = 'intermediate.dense.bias'
-
-    def expand(self, params: list[tuple[str, tuple[int, ...]]], index: dict[str, Tensor]) -> list[Entry]:
-        shapes = dict(params)
-        qkv = (self.q_weight, self.k_weight, self.v_weight)
-        qkv_bias = tuple(self._bias(w) for w in qkv)
-        entries: list[Entry] = []
-        for name, shape in params:
-            if name.endswith(qkv_bias):
-                continue  # emitted right after its weight
-            entry = Entry(name, shape, index[name])
-            entries.append(entry)
-            if name.endswith(qkv):
-                if name.endswith((self.q_weight, self.v_weight)):
-                    entries += self._heads(entry, self.num_heads)
-                bias = self._bias(name)
-                if bias in shapes:
-                    entries.append(Entry(bias, shapes[bias], index[bias]))
-                if name.endswith(self.v_weight):
-                    entries.append(self._residual(name, shape, name))
-            elif name.endswith(self.mlp_bias):
-                weight = name[:-len('bias')] + 'weight'
-                entries.append(self._residual(weight, shapes[weight], name))
-        return entries
+    mlp_residual_after = ('intermediate.dense.bias',)
 
     def move_offset(self, name: str, col: int, row: int, n_out: int, n_in: int) -> tuple[int, int]:
         if name.endswith(_LM_BIAS):

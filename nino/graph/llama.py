@@ -8,9 +8,7 @@ residual identity after each and by moving their columns together), and an untie
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from .transformer import Entry, TransformerFamily
+from .transformer import TransformerFamily
 
 
 class LlamaFamily(TransformerFamily):
@@ -22,29 +20,7 @@ class LlamaFamily(TransformerFamily):
     word_embedding = ('embed_tokens.weight',)
     q_weight, k_weight, v_weight = 'self_attn.q_proj.weight', 'self_attn.k_proj.weight', 'self_attn.v_proj.weight'
     swiglu = ('mlp.gate_proj.weight', 'mlp.up_proj.weight')
-
-    def expand(self, params: list[tuple[str, tuple[int, ...]]], index: dict[str, Tensor]) -> list[Entry]:
-        shapes = dict(params)
-        qkv = (self.q_weight, self.k_weight, self.v_weight)
-        qkv_bias = tuple(self._bias(w) for w in qkv)
-        entries: list[Entry] = []
-        for name, shape in params:
-            if name.endswith(qkv_bias):
-                continue  # emitted right after its weight
-            entry = Entry(name, shape, index[name])
-            entries.append(entry)
-            if name.endswith(qkv):
-                if name.endswith((self.q_weight, self.v_weight)):
-                    heads = self.num_heads if name.endswith(self.q_weight) else self.num_kv_heads
-                    entries += self._heads(entry, heads)
-                bias = self._bias(name)
-                if bias in shapes:
-                    entries.append(Entry(bias, shapes[bias], index[bias]))
-                if name.endswith(self.v_weight):
-                    entries.append(self._residual(name, shape, name))
-            elif name.endswith(self.swiglu):
-                entries.append(self._residual(name, shape, name))
-        return entries
+    mlp_residual_after = swiglu
 
     def move_offset(self, name: str, col: int, row: int, n_out: int, n_in: int) -> tuple[int, int]:
         if name.endswith(self.swiglu[0]):

@@ -1,8 +1,8 @@
 """The neural graph walk shared by every transformer family (GPT-2, Llama, Qwen3, BERT, nanoGPT).
 
 A family (`TransformerFamily` subclass, one module each) says three things:
-- `names`: the parameter-name suffixes that play each role (word embedding, position embedding,
-  query/key/value weights, the residual added after the value projection);
+- class attributes: the parameter-name suffixes that play each role (word and position
+  embeddings, query/key/value weights), how it is recognised and where its block index is;
 - `expand`: the network's (name, shape) list turned into the walk's entry list, where fused
   q/k/v weights are split and auxiliary entries that hold no parameter are inserted (per-head
   edges after the query and value weights, residual identities), each real entry carrying the
@@ -93,9 +93,39 @@ class TransformerFamily:
     def _module(weight_suffix: str) -> str:
         return weight_suffix.rpartition('.')[0]
 
+    #: Suffixes after which a residual identity over the input of the same layer's weight is added
+    #: (by `expand` of families with separate q/k/v projections).
+    mlp_residual_after: tuple[str, ...] = ()
+
     def expand(self, params: list[tuple[str, tuple[int, ...]]], index: dict[str, Tensor]) -> list[Entry]:
-        """The walk's entries; `index[name]` holds each parameter's flat indices in its own shape."""
-        raise NotImplementedError
+        """The walk's entries; `index[name]` holds each parameter's flat indices in its own shape.
+
+        This default serves families with separate q/k/v projections (Llama, Qwen3, BERT): each
+        projection's bias right after its weight, per-head entries after the query (`num_heads`)
+        and value (`num_key_value_heads`) weights, a residual after the value bias, and one after
+        each `mlp_residual_after` suffix. Families with fused or renamed weights override it.
+        """
+        shapes = dict(params)
+        qkv = (self.q_weight, self.k_weight, self.v_weight)
+        qkv_bias = tuple(self._bias(w) for w in qkv)
+        entries: list[Entry] = []
+        for name, shape in params:
+            if name.endswith(qkv_bias):
+                continue  # emitted right after its weight
+            entry = Entry(name, shape, index[name])
+            entries.append(entry)
+            if name.endswith(qkv):
+                if name.endswith((self.q_weight, self.v_weight)):
+                    entries += self._heads(entry, self.num_heads if name.endswith(self.q_weight) else self.num_kv_heads)
+                bias = self._bias(name)
+                if bias in shapes:
+                    entries.append(Entry(bias, shapes[bias], index[bias]))
+                if name.endswith(self.v_weight):
+                    entries.append(self._residual(name, shape, name))
+            elif name.endswith(self.mlp_residual_after):
+                weight = name.rpartition('.')[0] + '.weight'
+                entries.append(self._residual(weight, shapes[weight], name))
+        return entries
 
     def move_offset(self, name: str, col: int, row: int, n_out: int, n_in: int) -> tuple[int, int]:
         """Adjust (col, row) before an entry that plays no attention/embedding role."""
@@ -272,16 +302,6 @@ def _feature_index(index: Tensor, first_dim_out: bool) -> Tensor:
     if first_dim_out:
         index = index.transpose(0, 1)
     return index.reshape(index.shape[0] * index.shape[1], index.shape[2])
-
-
-def check_supported(params: list[tuple[str, tuple[int, ...]]], family: TransformerFamily,
-                    suffixes: tuple[str, ...]) -> None:
-    """Refuse a parameter whose name ends with none of the family's known suffixes."""
-    for name, shape in params:
-        if not name.endswith(suffixes):
-            raise UnsupportedLayerError(
-                f"parameter '{name}' with shape {tuple(shape)} is not part of a {family.title} neural graph "
-                f"(known: {', '.join(sorted(set(s.rpartition('.')[0] or s for s in suffixes)))})")
 
 
 def split_blocks(params: list[tuple[str, tuple[int, ...]]], family: type[TransformerFamily]) -> list[list[int]]:
