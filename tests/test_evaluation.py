@@ -6,11 +6,12 @@ import csv
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
-from metatrain.evaluation import Curve, markdown_table, run_curve, speedups, split_guard, steps_to_target
+from metatrain.evaluation import Curve, markdown_table, metric_of, run_curve, speedups, split_guard, steps_to_target
 from nino.baselines import LinearExtrapolation
 from nino.checkpoint import save_nowcaster
 from nino.model import NiNoConfig, build_nowcaster
@@ -206,3 +207,16 @@ def test_a_failed_evaluation_run_reports_its_cause_in_one_line(tmp_path, monkeyp
     last = err.strip().splitlines()[-1]  # above it: Ray's start-up warning and the progress bar
     assert last.startswith('error: evaluation run lm-3-24-s0-adam-') and \
         f'failed: FileNotFoundError: text corpus not found: {corpus}' in last
+
+
+def test_a_llama_task_is_evaluated_with_the_published_nowcaster(official_dir):
+    from nino import load_nowcaster
+    from tests.conftest import TEXT
+
+    spec, = load_tasks({'tasks': [{'preset': 'llama-2-32', 'dataset': {'path': str(TEXT), 'context': 32},
+                                   'steps': 40, 'record_every': 20, 'eval_every': 20, 'batch_size': 8}]})
+    adam = run_curve(spec, 1000, 'adam', None, period=20)
+    nino = run_curve(spec, 1000, 'nino', load_nowcaster(official_dir / 'nino_no_posw.pt'), period=20)
+    assert metric_of(spec) == 'val_loss' and nino.nowcast_steps == [20, 40]
+    assert adam.init_checksum == nino.init_checksum and np.isfinite(nino.values).all()
+    assert nino.values != adam.values
