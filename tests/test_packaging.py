@@ -58,3 +58,14 @@ def test_layers_import_only_the_layers_below_them():
         for path in sorted((ROOT / package).rglob('*.py')):
             wrong += [f'{path.relative_to(ROOT)} imports {n}' for n in _imports(path) if n.split('.')[0] in above]
     assert not wrong, wrong
+
+
+def test_import_nino_stays_light():
+    """`import nino` (the wrapper, graphs, nowcasters, checkpoints) loads nothing of the data side."""
+    import subprocess
+
+    code = ("import nino, nino.step, nino.nowcast, sys; "
+            "print(sorted({'ray', 'zarr', 'pyarrow', 'pipeline', 'metatrain', 'jobs', 'datasets'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == '[]'
