@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -152,18 +153,18 @@ def test_wrong_source_files_are_named(tmp_path, local_ray):
 def test_killed_conversion_completes_on_rerun_without_converting_twice(tmp_path):
     N = 16  # trajectories: enough that the kill lands between the first and the last
     source = tmp_path / 'src'
-    arrays = write_published(source, 'fm-16', N, 60)
+    arrays = write_published(source, 'fm-16', N, 240)  # long enough that results do not all arrive at once
     store = tmp_path / 'store'
     cmd = [sys.executable, '-m', 'pipeline', 'convert', '--tasks', 'fm-16', '--source', str(source),
-           '--store', str(store), '--shape', f'fm-16={N}x60']
+           '--store', str(store), '--shape', f'fm-16={N}x240']
     first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     done = {}
     deadline = time.time() + 120
     while time.time() < deadline and first.poll() is None and not done:
         if (store / 'manifest.parquet').exists():  # read with pyarrow alone: opening the store takes longer
-            done = [s for s in pq.read_table(store / 'manifest.parquet', columns=['status']).column(0).to_pylist()
-                    if s == 'done']
+            raw = pa.BufferReader((store / 'manifest.parquet').read_bytes())  # one file, even mid-replace
+            done = [s for s in pq.read_table(raw, columns=['status']).column(0).to_pylist() if s == 'done']
         time.sleep(0.005)  # the rows of small trajectories arrive milliseconds apart
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
