@@ -97,8 +97,7 @@ class ModelGraphs:
         """The graph of part i, built (and moved to the device) if it is not held."""
         part = self.parts[i]
         if part.graph is None:
-            g = build_graph(part.params, **part.graph_kwargs)
-            g.edge_index, g.edge_type, g.pos_w = (t.to(self.device) for t in (g.edge_index, g.edge_type, g.pos_w))
+            g = _moved(build_graph(part.params, **part.graph_kwargs), self.device)
             part.graph, part.num_nodes, part.num_edges = g, g.num_nodes, g.num_edges
         return part.graph
 
@@ -131,8 +130,7 @@ class ModelGraphs:
         self.device = torch.device(device)
         for part in self.parts:
             if part.graph is not None:
-                g = part.graph
-                g.edge_index, g.edge_type, g.pos_w = (t.to(device) for t in (g.edge_index, g.edge_type, g.pos_w))
+                _moved(part.graph, self.device)
             if part.lpe is not None:
                 part.lpe = part.lpe.to(device)
         return self
@@ -165,8 +163,20 @@ class ModelGraphs:
         return unscale_states(out, self.params, stats)
 
 
-def _sampling(nowcaster: Nowcaster, ratio: float) -> dict:
-    """The edge-sampling argument for nowcasters that pass messages (the MLP has none)."""
+def _moved(g: NeuralGraph, device: torch.device) -> NeuralGraph:
+    """The graph with the tensors a nowcaster reads (edges, types, word-embedding rows) on `device`."""
+    g.edge_index, g.edge_type, g.pos_w = (t.to(device) for t in (g.edge_index, g.edge_type, g.pos_w))
+    return g
+
+
+def check_edge_sample_ratio(ratio: float) -> float:
+    """`ratio` if it is a valid fraction of edges to pass messages over (0: all edges)."""
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f'edge_sample_ratio must be in [0, 1), got {ratio}')
+    return ratio
+
+
+def _sampling(nowcaster: Nowcaster, ratio: float) -> dict:
+    """The edge-sampling argument for nowcasters that pass messages (the MLP has none)."""
+    check_edge_sample_ratio(ratio)
     return {'edge_sample_ratio': ratio} if ratio and nowcaster.config.gnn else {}

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from .checkpoint import load_nowcaster
 from .graph import UnsupportedLayerError
 from .model import Nowcaster
-from .nowcast import ModelGraphs
+from .nowcast import ModelGraphs, check_edge_sample_ratio
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,11 @@ def k_schedule(seq_len: int, max_train_steps: int, period: int, power: float = 2
     the faster)."""
     n = max(1, max_train_steps // period)
     return (np.linspace(seq_len ** (1 / power), 1, num=n) ** power).round().astype(np.int64)
+
+
+def horizon(schedule: np.ndarray, step_idx: int, period: int) -> int:
+    """The horizon k of a nowcast made at (0-based) optimizer step `step_idx`."""
+    return int(schedule[min(len(schedule) - 1, step_idx // period)])
 
 
 class NiNo(torch.optim.Optimizer):
@@ -108,9 +113,7 @@ class NiNo(torch.optim.Optimizer):
         self.guard_margin = guard_margin
         self.guard_delay = guard_delay
         self.guard_history: list[dict] = []  # one entry per guarded nowcast
-        if not 0.0 <= edge_sample_ratio < 1.0:
-            raise ValueError(f'edge_sample_ratio must be in [0, 1), got {edge_sample_ratio}')
-        self.edge_sample_ratio = edge_sample_ratio
+        self.edge_sample_ratio = check_edge_sample_ratio(edge_sample_ratio)
         self.amp = amp
         self._pending: dict | None = None  # a nowcast awaiting its delayed judgement, with the copy to roll back to
         if guard is not None and (not self.guard_scales or min(self.guard_scales) <= 0):
@@ -175,7 +178,7 @@ class NiNo(torch.optim.Optimizer):
 
     def current_k(self) -> int:
         """Horizon the nowcast in the current period uses."""
-        return int(self.k_schedule[min(len(self.k_schedule) - 1, self.step_idx // self.period)])
+        return horizon(self.k_schedule, self.step_idx, self.period)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_opt.zero_grad(set_to_none=set_to_none)

@@ -34,9 +34,9 @@ import torch
 from torch import Tensor
 
 from .checkpoint import load_nowcaster
-from .graph import family_of
+from .graph import family_of, head_counts, param_shapes
 from .nowcast import ModelGraphs
-from .optimizer import k_schedule
+from .optimizer import horizon, k_schedule
 
 GRAPH_CACHE = 'nino_graph.pt'
 _BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
@@ -92,8 +92,9 @@ def read_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path, {path: saved}, None)
 
 
-def model_params(ckpt: Checkpoint) -> tuple[list[tuple[str, tuple[int, ...]]], dict]:
-    """(name, shape) of the parameters in `named_parameters()` order and the model config (or {})."""
+def model_params(ckpt: Checkpoint) -> tuple[list[tuple[str, tuple[int, ...]]], str | None, int | None, int | None]:
+    """(name, shape) of the parameters in `named_parameters()` order, the transformers `model_type`, and the
+    attention and key/value head counts (None when a `.pt` file does not say)."""
     if ckpt.path.is_dir():
         config_path = next((p for p in (ckpt.path / 'config.json', ckpt.path.parent / 'config.json') if p.exists()),
                            None)
@@ -106,11 +107,11 @@ def model_params(ckpt: Checkpoint) -> tuple[list[tuple[str, tuple[int, ...]]], d
         cls = getattr(transformers, arch, transformers.AutoModelForCausalLM)
         with torch.device('meta'):
             model = cls.from_config(config) if arch.startswith('Auto') else cls(config)
-        return [(n, tuple(p.shape)) for n, p in model.named_parameters()], config.to_dict()
+        return (param_shapes(model), config.model_type, *head_counts(model))
     (tensors,) = ckpt.files.values()
     params = [(n, tuple(t.shape)) for n, t in tensors.items()
               if t.is_floating_point() and not n.endswith(_BUFFERS)]
-    return params, {}
+    return params, None, None, None
 
 
 def flat_states(ckpts: list[Checkpoint], params: list[tuple[str, tuple[int, ...]]]) -> Tensor:
@@ -199,18 +200,16 @@ def run_step(last: Path, out: Path, nowcaster_ckpt: str | Path, period: int = 10
         raise FileNotFoundError(f'missing checkpoints for the NiNo step: {", ".join(missing)} '
                                 f'(expected every {period // ctx} steps up to {last})')
     ckpts = [read_checkpoint(p) for _, p in paths]
-    params, config = model_params(ckpts[-1])
-    heads = num_heads or config.get('num_attention_heads') or config.get('n_head')
-    kv_heads = num_key_value_heads or config.get('num_key_value_heads')
-    family = family_of(params, config.get('model_type'))
+    params, model_type, heads, kv_heads = model_params(ckpts[-1])
+    heads, kv_heads = num_heads or heads, num_key_value_heads or kv_heads
+    family = family_of(params, model_type)
     graph_kwargs = {} if family is None else {'num_heads': heads, 'num_key_value_heads': kv_heads, 'family': family}
     states = flat_states(ckpts, params).to(device)
     cache_kwargs = {k: v for k, v in graph_kwargs.items() if k != 'family'}
     graphs = cached_graphs(Path(last).parent / GRAPH_CACHE, params, cache_kwargs, subgraph,
                            nowcaster.config.lpe if nowcaster.config.gnn else 0).to(device)
     step = paths[-1][0]
-    ks = k_schedule(nowcaster.config.seq_len, max_train_steps, period, k_power)
-    k = int(ks[min(len(ks) - 1, max(step - 1, 0) // period)])
+    k = horizon(k_schedule(nowcaster.config.seq_len, max_train_steps, period, k_power), max(step - 1, 0), period)
     x = graphs.predict(nowcaster, states, k, edge_sample_ratio, torch.bfloat16 if amp else None)
     if not bool(torch.isfinite(x).all()):
         raise FloatingPointError(f'the nowcast from {last} has NaN/Inf values; nothing was written')
