@@ -5,8 +5,9 @@
 Takes one recorded trajectory of a task group of STORE (real states), writes it in each
 candidate layout under runs/bench-layouts/, and reads windows of 45 states `stride` states apart
 (5 inputs + 40 targets, as the paper's loader reads them) with zarr-python, tensorstore and
-`pipeline.shards` (this project's reader for sharded arrays). `--widths` adds 8-state layouts
-whose inner chunks hold that many parameters (a language model's word-embedding row blocks).
+`pipeline.shards` (this project's reader for sharded arrays). `--widths` adds layouts of up to 8
+states (cut evenly, as version 2 does) whose inner chunks hold that many parameters (a language
+model's word-embedding row blocks).
 Ratio is stored bytes over raw float16 bytes; MB/s are of raw float16 states.
 """
 
@@ -24,7 +25,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from pipeline.codecs import BytePlanesCodec, TimeDeltaCodec
 from pipeline.shards import local_reader
-from pipeline.store import TrajectoryStore
+from pipeline.store import TrajectoryStore, even_split
 
 OUT = ROOT / 'runs' / 'bench-layouts'
 
@@ -45,7 +46,7 @@ def layouts(n_states: int, n_params: int, widths: list[int]) -> dict[str, dict]:
             states = f'{k} state{"s" if k > 1 else ""} per chunk'
             name = f'shards, {states}, {"delta + " if k > 1 else ""}blosc-{cname}-{level}'
             out[name] = dict(**shards, filters=delta if k > 1 else [], compressors=blosc(cname, level))
-    k = min(8, n_states)
+    k = even_split(n_states, 8)
     for width in [n_params] + widths:
         cut = f'{width} parameters per chunk' if width < n_params else 'all parameters'
         for name, compressors in (('blosc-zstd-3', blosc('zstd', 3)),

@@ -94,7 +94,8 @@ def v2_chunking(n_states: int, record_every: int, layout: list[tuple[str, tuple[
     one extra state per state read. Windows that read consecutive states (language models, recorded
     every 200 steps) get 8 states per chunk, delta-coded, byte planes (zstd-1 high bytes, lz4 low
     bytes): 0.77 of raw on real GPT-2 states where Blosc zstd-3 gives 0.80, written 2-3x faster
-    (4 states per chunk: 0.82 with Blosc; longer chunks decode more states a window does not use).
+    (4 states per chunk: 0.82 with Blosc; longer chunks decode more states a window does not use),
+    cut evenly (`even_split`) so a short trajectory's last chunk is not mostly padding.
     Inner chunks span every parameter, except for a word embedding of more than WTE_CHUNK_ROWS_MIN
     rows (the loader samples its rows): there they span WTE_CHUNK_ROWS rows (the rest of the
     parameters in chunks of the same size), so a read of a few sampled row blocks decodes those.
@@ -105,8 +106,15 @@ def v2_chunking(n_states: int, record_every: int, layout: list[tuple[str, tuple[
     if name.endswith(word_embedding_suffixes()) and len(shape) == 2 and shape[0] > WTE_CHUNK_ROWS_MIN:
         width = WTE_CHUNK_ROWS * shape[1]
     if WINDOW_STEP_HINT // record_every > 1:
-        return min(n_states, 2), width, 'delta-blosc-lz4hc-shuffle'
-    return min(n_states, 8), width, 'delta-byteplanes-zstd1'
+        return even_split(n_states, 2), width, 'delta-blosc-lz4hc-shuffle'
+    return even_split(n_states, 8), width, 'delta-byteplanes-zstd1'
+
+
+def even_split(n_states: int, most: int) -> int:
+    """States per chunk, at most `most`, that cut `n_states` into as few chunks as `most` would, of
+    (nearly) equal length: 21 states -> 7 + 7 + 7 instead of 8 + 8 + 5. The last chunk of a
+    trajectory is padded with NaN, and its first padded state's delta costs as much as a raw state."""
+    return -(-n_states // -(-n_states // most))
 
 
 def span_columns(spans: list[tuple[int, int]]) -> np.ndarray:

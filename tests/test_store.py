@@ -16,6 +16,7 @@ from pipeline.store import (
     TaskGroup,
     TrajectoryStore,
     chunk_states,
+    even_split,
     span_columns,
 )
 from pipeline.tasks import TaskSpec
@@ -153,6 +154,14 @@ def test_a_large_word_embedding_is_chunked_in_row_blocks_and_read_by_spans(tmp_p
             half = fast.read_states(2, ind, spans)
             assert np.array_equal(half[ind < 8].view(np.uint16), want[ind < 8]) and np.isnan(half[ind >= 8]).all()
     assert np.isnan(fast.read_states(0, np.arange(16), blocks)).all()  # never written
+
+
+def test_short_trajectories_are_cut_into_even_chunks_along_time(tmp_path):
+    assert [even_split(n, 8) for n in (1, 8, 9, 16, 21, 124)] == [1, 8, 5, 8, 7, 8]
+    assert [even_split(n, 2) for n in (1, 2, 2688, 2689)] == [1, 2, 2, 2]
+    spec = _spec(name='lm', steps=4000, record_every=200, eval_every=400)  # 21 states: 7 + 7 + 7, no padding
+    group = TrajectoryStore(tmp_path / 's').ensure_group(spec, [('w', (7, 41))], list(METRICS))
+    assert group.params.chunks[1] == 7 and group.params.shards[1] == 21
 
 
 def test_version_1_stores_stay_readable_and_appendable(tmp_path):
