@@ -27,9 +27,9 @@ FULL_SHAPES = {'fm-16': (300, 2688), 'lm1b-3-24': (200, 124)}
 
 def import_reference(checkout: Path) -> dict[str, object]:
     """The reference's dataset, collate function and model classes."""
-    sys.modules.setdefault('torchvision', types.ModuleType('torchvision'))
-    import transformers
+    import transformers  # first: it checks whether torchvision is installed, which the stand-in is not
     from transformers import GPT2Config
+    sys.modules.setdefault('torchvision', types.ModuleType('torchvision'))
 
     original = transformers.AutoConfig.from_pretrained
 

@@ -31,16 +31,21 @@ which is the same map as zeros in the others, so a language-model batch is 9x sm
 
 The store is a trajectory store or the published files read in place (`pipeline.published_stream`).
 Batch b is drawn from a generator seeded by (seed, b) alone, so the stream is the same for any
-number of DataLoader workers and can resume at any position. Only trajectories the manifest
+number of DataLoader workers and can resume at any position. Iterated in this process (no
+DataLoader workers), the stream loads the next batch's reads on a background thread while the
+caller uses the current batch and while it is assembled (on one torch thread: its ops are small,
+and the two cores are then busy with one job each). Only trajectories the manifest
 marks `done` are read (unless `only_done=False`); a read that meets a damaged chunk is skipped,
 named in `WindowBatch.skipped`, and replaced by the generator's next draw.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -51,9 +56,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from nino.graph import NeuralGraph, build_graph, laplacian_pe
 from nino.scaling import EPS
 
-from .arenas import ArenaPool
+from .arenas import ArenaPool, LocalPool
 from .published_stream import open_store
-from .store import WTE_CHUNK_ROWS, DamagedChunkError, TaskGroup
+from .store import WTE_CHUNK_ROWS, DamagedChunkError, TaskGroup, is_local_url
 from .tasks import architecture
 
 #: Consecutive damaged reads after which a batch gives up (the store is then mostly unreadable).
@@ -179,13 +184,16 @@ class WindowStream(IterableDataset):
     def __init__(self, store_url: str, config: WindowConfig = WindowConfig(), tasks: Sequence[str] | None = None,
                  trajectories: dict[str, list[int]] | None = None, seed: int = 0, start: int = 0,
                  shard: tuple[int, int] = (0, 1), storage_options: dict | None = None,
-                 only_done: bool = True, read_threads: int = 2) -> None:
+                 only_done: bool = True, read_threads: int | None = None, prefetch: bool = True) -> None:
         """`trajectories` limits each task to some indices (e.g. to hold some out); `start` is the
         first position (batches already consumed); `shard=(rank, world)` gives each of `world`
         data-parallel processes its own batches: rank r reads batch `p * world + r` at position p.
         With `only_done`, trajectories the manifest does not mark `done` are never read.
         `read_threads` threads load a batch's trajectory reads at once when batches are built in this
-        process (DataLoader workers read one at a time: they run side by side already)."""
+        process (DataLoader workers read one at a time: they run side by side already); default 1 for
+        a store on local disk (reads are bound by decoding and run beside the assembling: two jobs
+        for two cores) and 4 for remote stores (reads wait on the network). With `prefetch`,
+        iterating in this process loads batch b + 1's reads while batch b is assembled and used."""
         super().__init__()
         self.shard = shard
         self.store_url = store_url
@@ -193,7 +201,8 @@ class WindowStream(IterableDataset):
         self.config = config
         self.seed = seed
         self.start = start
-        self.read_threads = read_threads
+        self.read_threads = read_threads or (1 if is_local_url(store_url) else 4)
+        self.prefetch = prefetch
         store = open_store(store_url, storage_options)
         self.task_names = list(tasks) if tasks else store.task_names()
         done = store.manifest().done() if only_done else None
@@ -208,7 +217,7 @@ class WindowStream(IterableDataset):
         self._tasks: dict[str, _Task] | None = None
         self._pid = 0  # the process `_tasks` belong to (a forked DataLoader worker opens its own)
         self._pool: ThreadPoolExecutor | None = None
-        self._arenas: ArenaPool | None = None  # set in DataLoader workers
+        self._arenas: ArenaPool | LocalPool | None = None  # batch memory, set when iterating
         for group in groups.values():  # validate on the driver: fail before any worker starts
             self._check_task(group, only_done)
 
@@ -237,7 +246,9 @@ class WindowStream(IterableDataset):
         if self._tasks is None or self._pid != os.getpid():
             store = open_store(self.store_url, self.storage_options)
             self._tasks = {name: self._task(store.group(name)) for name in self.task_names}
-            self._pid, self._pool = os.getpid(), None
+            self._pid = os.getpid()
+            self._pool = ThreadPoolExecutor(self.read_threads) if self.read_threads > 1 else None
+            self._arenas = LocalPool()  # DataLoader workers replace it with shared-memory arenas
         return self._tasks
 
     def _task(self, group: TaskGroup) -> _Task:
@@ -284,12 +295,22 @@ class WindowStream(IterableDataset):
 
         The batch's reads are drawn first, then loaded (on `read_threads` threads in this process); a
         read that meets a damaged chunk is replaced by a new draw once the others are in."""
+        gen, draws = self._draws(index)
+        return self._complete(index, gen, draws, self._load_all(draws))
+
+    def _draws(self, index: int) -> tuple[torch.Generator, list[dict]]:
+        """The generator of batch `index` and its first `batch_size` draws."""
         tasks = self._open()
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0]))
+        return gen, [self._draw(tasks, gen) for _ in range(self.config.batch_size)]
+
+    def _complete(self, index: int, gen: torch.Generator, draws: list[dict],
+                  loaded: list[np.ndarray | DamagedChunkError]) -> WindowBatch:
+        """The batch from its draws and their loaded states, damaged reads replaced by new draws."""
+        tasks = self._open()
         reads, skipped = [], []
-        draws = [self._draw(tasks, gen) for _ in range(self.config.batch_size)]
         while draws:
-            for draw, states in zip(draws, self._load_all(draws)):
+            for draw, states in zip(draws, loaded):
                 if isinstance(states, DamagedChunkError):
                     skipped.append(str(states))
                     if len(skipped) >= MAX_SKIPPED_READS:
@@ -298,7 +319,9 @@ class WindowStream(IterableDataset):
                 else:
                     reads.append({**draw, 'states': states})
             draws = [self._draw(tasks, gen) for _ in range(self.config.batch_size - len(reads))]
-        return self._assemble(reads, tasks, skipped)
+            loaded = self._load_all(draws) if draws else []
+        with _torch_threads(1):
+            return self._assemble(reads, tasks, skipped)
 
     def _draw(self, tasks: dict[str, _Task], gen: torch.Generator) -> dict:
         """The random choices of one trajectory read: task, trajectory, start, word-embedding rows, LPE signs."""
@@ -315,9 +338,7 @@ class WindowStream(IterableDataset):
     def _load_all(self, draws: list[dict]) -> list[np.ndarray | DamagedChunkError]:
         """The states of each draw (or the error of a damaged read), in order: loaded on threads in
         this process, one by one in DataLoader workers."""
-        if self.read_threads > 1 and len(draws) > 1 and get_worker_info() is None:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.read_threads)
+        if self._pool is not None and len(draws) > 1 and get_worker_info() is None:
             return list(self._pool.map(self._load, draws))
         return [self._load(d) for d in draws]
 
@@ -370,7 +391,7 @@ class WindowStream(IterableDataset):
                  'y_slot': ((params,), long), 'y_src': ((windows, 2), long), 'y_len': ((windows,), long),
                  'window': ((windows, 4), long), 'node_ptr': ((windows + 1,), long),
                  'edge_ptr': ((windows + 1,), long), 'y_ptr': ((windows + 1,), long)}
-        out = self._arenas.carve(specs) if self._arenas else _empty(specs)
+        out = self._arenas.carve(specs)
         for k, name in enumerate(('node_ptr', 'edge_ptr', 'y_ptr')):
             out[name][0] = 0
             torch.cumsum(torch.from_numpy(np.repeat(sizes[:, k], shifts)), 0, out=out[name][1:])
@@ -424,18 +445,51 @@ class WindowStream(IterableDataset):
         return WindowBatch(**out, pos=pos if c.lpe else None, seq_len=c.seq_len, skipped=skipped)
 
     def __iter__(self) -> Iterator[WindowBatch]:
-        """Batches from `start` on; in a DataLoader worker (on Linux), each built in a reusable shared-memory
-        arena (`pipeline.arenas`) so that handing it to the main process copies nothing."""
+        """Batches from `start` on, each built in reused memory (`pipeline.arenas`): in a DataLoader worker
+        (on Linux) a shared-memory arena, so that handing it to the main process copies nothing."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rank, world = self.shard
-        position = self.start + worker
+        indices = (position * world + rank for position in itertools.count(self.start + worker, workers))
+        if info is None and self.prefetch:
+            yield from self._prefetched(indices)
+            return
+        self._open()
         if info is not None and ArenaPool.supported():
             self._arenas = ArenaPool()
-        while True:
-            batch = self.batch(position * world + rank)
-            yield self._arenas.ship(batch) if self._arenas else batch
-            position += workers
+        for index in indices:
+            yield self._arenas.ship(self.batch(index))
+
+    def _prefetched(self, indices: Iterator[int]) -> Iterator[WindowBatch]:
+        """The batches of `indices`, each one's reads loaded on a background thread while the one
+        before is assembled and used."""
+        background = ThreadPoolExecutor(1, thread_name_prefix='window-prefetch')
+        try:
+            index = next(indices)
+            gen, draws = self._draws(index)
+            pending = background.submit(self._load_all, draws)
+            for following in indices:
+                loaded = pending.result()
+                after = self._draws(following)
+                pending = background.submit(self._load_all, after[1])
+                yield self._complete(index, gen, draws, loaded)
+                index, (gen, draws) = following, after
+        finally:
+            background.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run torch's ops on `n` threads inside the block (the setting is restored after it)."""
+    before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _window_stats(states: np.ndarray, task: _Task, ctx: int, shifts: int) -> tuple[np.ndarray, np.ndarray]:
@@ -455,10 +509,6 @@ def _window_stats(states: np.ndarray, task: _Task, ctx: int, shifts: int) -> tup
         mean[shift] = total / n
         std[shift] = np.sqrt(np.maximum(squares - total * mean[shift], 0.0) / (n - 1))
     return mean, std
-
-
-def _empty(specs: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> dict[str, Tensor]:
-    return {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in specs.items()}
 
 
 def window_loader(stream: WindowStream, num_workers: int = 0) -> DataLoader:

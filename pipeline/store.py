@@ -129,6 +129,11 @@ def _local_path(url: str) -> Path | None:
     return None if '://' in url else Path(url)
 
 
+def is_local_url(url: str) -> bool:
+    """Whether a store URL names a folder on local disk (not an fsspec URL, the hub or published files)."""
+    return _local_path(str(url)) is not None
+
+
 def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
     d = dict(spec)
     d['dataset'] = {k: v for k, v in d['dataset'].items() if k not in _LOCATION_FIELDS}

@@ -10,7 +10,7 @@ from multiprocessing.reduction import ForkingPickler
 
 import torch
 
-from pipeline.arenas import ArenaPool
+from pipeline.arenas import ArenaPool, LocalPool
 
 
 @dataclass
@@ -27,7 +27,7 @@ def _handover(shipped) -> Pair:
     return pickle.loads(buffer.getvalue())
 
 
-def _fill(pool: ArenaPool, value: float) -> Pair:
+def _fill(pool: ArenaPool | LocalPool, value: float) -> Pair:
     out = pool.carve({'x': ((3, 4), torch.float32), 'y': ((5,), torch.long)})
     out['x'].fill_(value)
     out['y'].copy_(torch.arange(5) * int(value))
@@ -61,3 +61,20 @@ def test_a_tensor_not_carved_from_the_arena_is_pickled_as_usual():
     batch.y = torch.tensor([7, 8])  # replaced after carving
     got = _handover(pool.ship(batch))
     assert torch.equal(got.y, torch.tensor([7, 8])) and torch.equal(got.x, torch.ones(3, 4))
+
+
+def test_in_process_batch_memory_is_reused_only_once_nothing_views_it():
+    pool = LocalPool()
+    first = _fill(pool, 1.0)
+    kept = first.x[1:]  # a view outlives the batch
+    first_ptr = first.x.data_ptr()
+    del first
+    gc.collect()
+    second = _fill(pool, 2.0)
+    assert second.x.data_ptr() != first_ptr and len(pool.buffers) == 2
+    assert torch.equal(kept, torch.ones(2, 4))  # not overwritten by the second batch
+    del kept
+    gc.collect()
+    third = _fill(pool, 3.0)
+    assert third.x.data_ptr() == first_ptr and len(pool.buffers) == 2  # the first buffer, free again
+    assert torch.equal(second.x, torch.full((3, 4), 2.0)) and torch.equal(third.y, torch.arange(5) * 3)

@@ -89,10 +89,14 @@ def test_gpt2_windows_sample_word_embedding_rows(small_store, block):
 
 def test_stream_is_deterministic_across_workers_and_resumable(small_store):
     stream = WindowStream(str(small_store), CFG, seed=11)
-    expected = [stream.batch(i) for i in range(4)]  # reads of a batch loaded on 2 threads (the default)
-    serial = WindowStream(str(small_store), CFG, seed=11, read_threads=1)
+    expected = [stream.batch(i) for i in range(4)]  # a local store: reads one after another (the default)
+    threaded = WindowStream(str(small_store), CFG, seed=11, read_threads=2)  # a batch's reads on 2 threads
     for i, batch in enumerate(expected):
-        assert torch.equal(serial.batch(i).edge_attr, batch.edge_attr)
+        assert torch.equal(threaded.batch(i).edge_attr, batch.edge_attr)
+    for prefetch in (True, False):  # iterated in this process: the next batch's reads load in the background
+        plain = WindowStream(str(small_store), CFG, seed=11, prefetch=prefetch)
+        for a, b in zip(expected, window_loader(plain, num_workers=0)):
+            assert torch.equal(a.edge_attr, b.edge_attr) and torch.equal(a.targets(), b.targets())
     got = [b for _, b in zip(range(4), window_loader(stream, num_workers=2))]
     for a, b in zip(expected, got):
         assert torch.equal(a.edge_attr, b.edge_attr) and torch.equal(a.targets(), b.targets())
@@ -236,6 +240,9 @@ def test_a_damaged_read_is_skipped_and_named(small_store, tmp_path):
     assert skipped and all(f"task 'fm-16', trajectory 2: chunk {key}" in s for s in skipped)
     again = WindowStream(str(store_path), CFG, tasks=['fm-16'], seed=0)
     assert torch.equal(stream.batch(3).targets(), again.batch(3).targets())
+    prefetched = [b for _, b in zip(range(8), again)]  # damaged reads met on the background thread
+    assert sum((b.skipped for b in prefetched), []) == skipped
+    assert torch.equal(prefetched[3].targets(), again.batch(3).targets())
 
 
 def test_mixed_batches_pad_narrower_graphs_and_the_nowcaster_reads_either_width(small_store):
