@@ -60,9 +60,25 @@ def _select_rows(linear: nn.Linear, rows: Tensor | slice) -> tuple[Tensor, Tenso
 
 
 class Nowcaster(nn.Module):
-    """Common interface: `forward(edge_attr, edge_type, edge_index, lpe, pos_w, k)`."""
+    """Common interface: `forward(edge_attr, edge_type, edge_index, lpe, pos_w, k)`.
+
+    Edge tensors may live on another device than the nowcaster (e.g. the CPU while it runs on a
+    GPU: the reference's `message_passing_device`): without gradients and with `config.chunk_size`
+    set, edges then move to the nowcaster's device one chunk at a time and predictions come back to
+    the edges' device, so the nowcaster's device holds its weights, node features and one chunk.
+    """
 
     config: NiNoConfig
+
+    @property
+    def device(self) -> torch.device | None:
+        """Where the weights are (None for a nowcaster without weights: it runs where the edges are)."""
+        weight = next(self.parameters(), None)
+        return None if weight is None else weight.device
+
+    def _streams(self, num_edges: int) -> bool:
+        """Whether edges are processed chunk by chunk (inference with chunking on, more edges than a chunk)."""
+        return not torch.is_grad_enabled() and bool(self.config.chunk_size) and num_edges > self.config.chunk_size
 
     def _check_features(self, edge_attr: Tensor, any_size: bool = False) -> int:
         """Feature slots per edge; more than `max_feat_size` only for nowcasters that treat slots apart."""
@@ -109,13 +125,18 @@ class NiNoGNN(Nowcaster):
         c = self.config
         feat = self._check_features(edge_attr)
         self._check_k(k)
+        here = self.device
+        if edge_attr.device != here and not self._streams(len(edge_attr)):  # all edges at once: move them all
+            return self(edge_attr.to(here), edge_type.to(here), edge_index.to(here), lpe, pos_w, k, add_last,
+                        edge_sample_ratio).to(edge_attr.device)
         last = edge_attr.view(-1, feat, c.ctx)[:, :, -1]
         num_nodes = int(edge_index.max()) + 1 if lpe is None else lpe.shape[0]
+        lpe, pos_w = (None if t is None else t.to(here) for t in (lpe, pos_w))
 
         # e = edge_proj(features) + embedding(type) = [features, one_hot(type)] A^T + bias (see nino.gnn.Edges)
         edge_map = Edges(None, torch.cat([self.edge_proj.weight[:, :feat * c.ctx], self.edge_type_embed.weight.t()],
                                          dim=1), self.edge_proj.bias)
-        h = edge_attr.new_zeros(num_nodes, c.hid)
+        h = torch.zeros(num_nodes, c.hid, dtype=edge_attr.dtype, device=here)
         if self.node_proj is not None:
             if lpe is None:
                 raise ValueError('this nowcaster needs the Laplacian positional encoding (lpe)')
@@ -126,7 +147,7 @@ class NiNoGNN(Nowcaster):
             h = h + self.word_embed(pos_w)
         if edge_sample_ratio and torch.is_grad_enabled():
             raise ValueError('edge_sample_ratio is for inference (torch.no_grad()) only')
-        if not torch.is_grad_enabled() and c.chunk_size and len(edge_attr) > c.chunk_size:
+        if self._streams(len(edge_attr)):
             return self._streamed(edge_attr, edge_type, edge_map, edge_index, h, last, feat, k, add_last,
                                   edge_sample_ratio)
         edges = Edges(self._inputs(edge_attr, edge_type), edge_map.weight, edge_map.bias)
@@ -158,15 +179,17 @@ class NiNoGNN(Nowcaster):
         before, so each pass over the edges recomputes them per chunk from the raw inputs: memory
         is the inputs plus one chunk's (chunk, hid) features instead of (E, hid) per layer. The
         recomputation repeats only the cheap first edge update (the 60-column input, not 128). Even
-        the first layer's inputs (features and a one-hot type) are built per chunk.
+        the first layer's inputs (features and a one-hot type) are built per chunk, on the
+        nowcaster's device from the chunk's raw inputs, wherever the edges are kept.
         """
         c = self.config
         num_edges = len(edge_attr)
+        here, there = h.device, edge_attr.device
         updates: list[tuple[Tensor, Tensor, Tensor]] = []  # per finished layer: EdgeUpdate.start terms
 
         def edge_x(idx: slice | Tensor) -> Tensor:  # the current layer's edge inputs for some edges
-            x = self._inputs(edge_attr[idx], edge_type[idx])
-            ends = edge_index[:, idx]
+            x = self._inputs(edge_attr[idx].to(here), edge_type[idx].to(here))
+            ends = edge_index[:, idx].to(here)
             for terms in updates:
                 x = EdgeUpdate.apply_to(terms, x, ends)
             return x
@@ -179,17 +202,17 @@ class NiNoGNN(Nowcaster):
                 keep = torch.randperm(num_edges, device=edge_index.device)[:int(num_edges * edge_sample_ratio)]
                 groups = [keep[s] for s in edge_chunks(len(keep), c.chunk_size)]
             for g in groups:
-                layer.conv.accumulate(state, edge_x(g), edge_index[:, g])
+                layer.conv.accumulate(state, edge_x(g), edge_index[:, g].to(here))
             h = F.silu(layer.conv.finish(h, state))
             updates.append(layer.edge_update.start(h, current))
             current = Edges(None, layer.edge_update.edge_out.weight, layer.edge_update.edge_out.bias)
 
         hidden, out = self.head[0], self.head[2]
         w_hid, b_hid = current.compose(hidden.weight, hidden.bias)
-        rows = slice(None) if k is None else torch.arange(feat, device=h.device) * c.seq_len + (k - 1)
+        rows = slice(None) if k is None else torch.arange(feat, device=here) * c.seq_len + (k - 1)
         w_out, b_out = _select_rows(out, rows)
-        delta = map_edges(lambda s: F.linear(F.silu(F.linear(edge_x(s), w_hid, b_hid)), w_out, b_out), num_edges,
-                          c.chunk_size)
+        delta = map_edges(lambda s: F.linear(F.silu(F.linear(edge_x(s), w_hid, b_hid)), w_out, b_out).to(there),
+                          num_edges, c.chunk_size)
         if k is not None:
             return last + delta
         delta = delta.view(-1, c.max_feat_size, c.seq_len)[:, :feat]
@@ -215,17 +238,19 @@ class NiNoMLP(Nowcaster):
         c = self.config
         feat = self._check_features(edge_attr, any_size=True)  # one MLP per slot: any kernel size
         self._check_k(k)
+        here = self.device
         x = edge_attr.view(-1, feat, c.ctx)
         last = x[:, :, -1]
         body, out = self.mlp[:-1], self.mlp[-1]
         if k is None:
-            delta = self.mlp(self.edge_proj(x) + self.edge_type_embed(edge_type).unsqueeze(1))
+            delta = self.mlp(self.edge_proj(x.to(here)) + self.edge_type_embed(edge_type.to(here)).unsqueeze(1))
+            delta = delta.to(x.device)
             return last.unsqueeze(-1) + delta if add_last else delta
         w_out, b_out = _select_rows(out, slice(k - 1, k))
 
         def run(s: slice) -> Tensor:
-            h = self.edge_proj(x[s]) + self.edge_type_embed(edge_type[s]).unsqueeze(1)
-            return F.linear(body(h), w_out, b_out).squeeze(-1)
+            h = self.edge_proj(x[s].to(here)) + self.edge_type_embed(edge_type[s].to(here)).unsqueeze(1)
+            return F.linear(body(h), w_out, b_out).squeeze(-1).to(x.device)
 
         return last + map_edges(run, len(x), c.chunk_size)
 

@@ -138,7 +138,8 @@ class ModelGraphs:
     @torch.no_grad()
     def predict(self, nowcaster: Nowcaster, states: Tensor, k: int, edge_sample_ratio: float = 0.0,
                 autocast: torch.dtype | None = None) -> Tensor:
-        """The flat parameters (P,) predicted k steps after the last of `states` (P, c).
+        """The flat parameters (P,) predicted k steps after the last of `states` (P, c), on the states'
+        device (the graphs' too; the nowcaster may run on another, see `Nowcaster`).
 
         `edge_sample_ratio` in (0, 1): messages pass over that random fraction of the edges (every
         parameter still gets a prediction). `autocast`: run the nowcaster under autocast to that dtype.
@@ -153,7 +154,8 @@ class ModelGraphs:
             part_stats = stats[first:first + len(part.params)]
             first += len(part.params)
             features = g.edge_features(apply_scale(states[part.start:part.stop], part.params, part_stats))
-            with torch.autocast(states.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            runs_on = (nowcaster.device or states.device).type
+            with torch.autocast(runs_on, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
                 pred = nowcaster(features, edge_type=g.edge_type, edge_index=g.edge_index, lpe=part.lpe,
                                  pos_w=g.pos_w, k=k, **_sampling(nowcaster, edge_sample_ratio))
             del features

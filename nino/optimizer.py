@@ -67,7 +67,11 @@ class NiNo(torch.optim.Optimizer):
             `Nowcaster`, or None for the base optimizer alone.
         period: steps between nowcasts (c states are recorded `period // c` steps apart).
         max_train_steps: planned length of training; sets the decay of k.
-        device: where the nowcaster runs and states are kept (default: the model's device).
+        device: where the nowcaster runs (default: the model's device).
+        edge_device: where the recorded states, the graphs and every per-edge tensor are kept (default:
+            `device`). The CPU here with a GPU `device` is the reference's `message_passing_device='cpu'`:
+            edges move to `device` one chunk (`chunk_size`) at a time, so the GPU holds the nowcaster,
+            node features and one chunk, and the host's memory the rest.
         num_heads: attention heads of a transformer whose config does not say (e.g. modded-nanogpt).
         num_key_value_heads: key/value heads (grouped-query attention) when the config does not say.
         lpe: a precomputed Laplacian positional encoding (num_nodes, k) to use instead of computing one
@@ -93,6 +97,7 @@ class NiNo(torch.optim.Optimizer):
     def __init__(self, base_opt: torch.optim.Optimizer, model: nn.Module,
                  ckpt: str | Path | Nowcaster | None = None, period: int = 1000,
                  max_train_steps: int = 10000, device: str | torch.device | None = None,
+                 edge_device: str | torch.device | None = None,
                  num_heads: int | None = None, num_key_value_heads: int | None = None,
                  lpe: Tensor | Sequence[Tensor | None] | None = None, subgraph: bool = False,
                  edge_sample_ratio: float = 0.0, amp: bool = False, chunk_size: int | None = None,
@@ -127,6 +132,7 @@ class NiNo(torch.optim.Optimizer):
             return
 
         self.device = torch.device(device) if device is not None else self._params[0].device
+        self.edge_device = torch.device(edge_device) if edge_device is not None else self.device
         nowcaster = ckpt if isinstance(ckpt, nn.Module) else load_nowcaster(ckpt)
         self.nowcaster = nowcaster.to(self.device).eval()
         if chunk_size is not None:
@@ -147,7 +153,7 @@ class NiNo(torch.optim.Optimizer):
                                             f"per-parameter MLP nowcaster such as nino_mlp.pt takes any size)")
         if cfg.gnn and cfg.lpe:
             self.graphs.set_lpe(lpe, cfg.lpe)
-        self.graphs.to(self.device)
+        self.graphs.to(self.edge_device)
         self.k_schedule = k_schedule(cfg.seq_len, max_train_steps, period, k_power)
 
     @property
@@ -204,7 +210,7 @@ class NiNo(torch.optim.Optimizer):
 
     @torch.no_grad()
     def _flat_params(self) -> Tensor:
-        return torch.cat([p.detach().reshape(-1).to(self.device, torch.float32) for p in self._params])
+        return torch.cat([p.detach().reshape(-1).to(self.edge_device, torch.float32) for p in self._params])
 
     @torch.no_grad()
     def _nowcast(self) -> bool:
@@ -319,8 +325,8 @@ class NiNo(torch.optim.Optimizer):
         self.num_rejected = nino['num_rejected']
         self.guard_history = list(nino.get('guard_history', []))
         pending = nino.get('pending')
-        self._pending = None if pending is None else {**pending, 'params': pending['params'].to(self.device)}
-        device = self.device if self.nowcaster is not None else 'cpu'
+        self._pending = None if pending is None else {**pending, 'params': pending['params'].to(self.edge_device)}
+        device = self.edge_device if self.nowcaster is not None else 'cpu'
         self._states = [s.to(device) for s in nino['states']]
         lpe = nino.get('lpe')
         if lpe is not None and self.nowcaster is not None and self.graphs.parts[0].lpe is not None:
@@ -330,4 +336,4 @@ class NiNo(torch.optim.Optimizer):
                 raise ValueError(f'NiNo state_dict holds positional encodings of shapes '
                                  f'{[tuple(pe.shape) for pe in lpe]}, this model needs {ours}')
             for part, pe in zip(self.graphs.parts, lpe):
-                part.lpe = pe.float().to(self.device)
+                part.lpe = pe.float().to(self.edge_device)

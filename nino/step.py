@@ -188,8 +188,9 @@ def cached_graphs(cache: Path, params: list, graph_kwargs: dict, subgraph: bool,
 def run_step(last: Path, out: Path, nowcaster_ckpt: str | Path, period: int = 1000, max_train_steps: int = 10000,
              k_power: float = 2.0, upd_scale: float = 1.0, subgraph: bool = False, edge_sample_ratio: float = 0.0,
              amp: bool = False, num_heads: int | None = None, num_key_value_heads: int | None = None,
-             device: str = 'cpu', chunk_size: int | None = None) -> dict:
-    """Nowcast from the c checkpoints ending at `last` and write the result to `out`; returns a summary."""
+             device: str = 'cpu', chunk_size: int | None = None, edge_device: str | None = None) -> dict:
+    """Nowcast from the c checkpoints ending at `last` and write the result to `out`; returns a summary.
+    The nowcaster runs on `device`; states, graphs and edges are kept on `edge_device` (default: `device`)."""
     nowcaster = load_nowcaster(nowcaster_ckpt).to(device).eval()
     if chunk_size:
         nowcaster.config.chunk_size = chunk_size
@@ -204,10 +205,11 @@ def run_step(last: Path, out: Path, nowcaster_ckpt: str | Path, period: int = 10
     heads, kv_heads = num_heads or heads, num_key_value_heads or kv_heads
     family = family_of(params, model_type)
     graph_kwargs = {} if family is None else {'num_heads': heads, 'num_key_value_heads': kv_heads, 'family': family}
-    states = flat_states(ckpts, params).to(device)
+    edge_device = edge_device or device
+    states = flat_states(ckpts, params).to(edge_device)
     cache_kwargs = {k: v for k, v in graph_kwargs.items() if k != 'family'}
     graphs = cached_graphs(Path(last).parent / GRAPH_CACHE, params, cache_kwargs, subgraph,
-                           nowcaster.config.lpe if nowcaster.config.gnn else 0).to(device)
+                           nowcaster.config.lpe if nowcaster.config.gnn else 0).to(edge_device)
     step = paths[-1][0]
     k = horizon(k_schedule(nowcaster.config.seq_len, max_train_steps, period, k_power), max(step - 1, 0), period)
     x = graphs.predict(nowcaster, states, k, edge_sample_ratio, torch.bfloat16 if amp else None)
@@ -236,13 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--amp', action='store_true', help='bfloat16 autocast for the nowcaster')
     parser.add_argument('--num-heads', type=int, default=None, help='attention heads, if no config says')
     parser.add_argument('--num-key-value-heads', type=int, default=None)
-    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--device', default='cpu', help='where the nowcaster runs')
+    parser.add_argument('--edge-device', default=None,
+                        help='where states, graphs and edges are kept (default: --device); e.g. cpu with a cuda '
+                             '--device: edges move to the GPU a chunk at a time (the reference\'s --nino_mp_device)')
     parser.add_argument('--chunk-size', type=int, default=None, help='edges per chunk (default: the nowcaster\'s)')
     args = parser.parse_args(argv)
     try:
         summary = run_step(args.last, args.out, args.ckpt, args.period, args.max_train_steps, args.k_power,
                            args.upd_scale, args.subgraph, args.edge_sample_ratio, args.amp, args.num_heads,
-                           args.num_key_value_heads, args.device, args.chunk_size)
+                           args.num_key_value_heads, args.device, args.chunk_size, args.edge_device)
     except (FileNotFoundError, ValueError, FloatingPointError) as err:
         print(f'nino.step: {err}', file=sys.stderr)
         return 2

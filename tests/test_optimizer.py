@@ -108,6 +108,31 @@ def test_state_dict_mid_period_resumes_identically(gnn, fashion_mnist):
         assert torch.equal(p, q)
 
 
+def test_states_and_graphs_live_on_the_edge_device(gnn, fashion_mnist):
+    model, opt = _setup(gnn)
+    torch.manual_seed(0)
+    kept = NiNo(torch.optim.AdamW(copy.deepcopy(model).parameters(), lr=LR), model, ckpt=gnn, period=PERIOD,
+                max_train_steps=STEPS, edge_device='cpu', chunk_size=500)
+    assert kept.edge_device == torch.device('cpu') and kept.graphs.device == torch.device('cpu')
+    assert kept.graphs.parts[0].graph.edge_index.device == kept.edge_device
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU: the nowcaster there, states on the CPU')
+def test_the_nowcaster_on_the_gpu_with_states_and_edges_on_the_cpu(gnn, fashion_mnist):
+    data = tuple(t.cuda() for t in fashion_mnist)
+    out = {}
+    for edge_device in ('cuda', 'cpu'):
+        torch.manual_seed(0)
+        model = ConvNet().cuda()
+        opt = NiNo(torch.optim.AdamW(model.parameters(), lr=LR), model, ckpt=copy.deepcopy(gnn), period=PERIOD,
+                   max_train_steps=STEPS, edge_device=edge_device, chunk_size=5000)
+        _train(model, opt, data, 0, PERIOD + PERIOD // 2)
+        assert opt.num_nowcasts == 1 and opt.nowcaster.device.type == 'cuda'
+        assert opt._states and all(s.device.type == edge_device for s in opt._states)
+        out[edge_device] = torch.cat([p.detach().cpu().flatten() for p in model.parameters()])
+    torch.testing.assert_close(out['cpu'], out['cuda'], atol=1e-4, rtol=0)
+
+
 def test_without_checkpoint_it_is_the_base_optimizer(fashion_mnist):
     model, opt = _setup(None)
     torch.manual_seed(0)

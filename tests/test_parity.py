@@ -96,3 +96,19 @@ def test_streamed_inference_samples_the_same_edges_as_whole_inference(official_d
     assert not torch.allclose(out[333], full, atol=1e-3)
     with pytest.raises(ValueError, match='inference'):
         model(feats, g.edge_type, g.edge_index, lpe, k=3, edge_sample_ratio=0.3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU: the nowcaster there, the edges on the CPU')
+@pytest.mark.parametrize('name', ['nino_no_posw.pt', 'nino_mlp.pt'])
+def test_edges_kept_on_the_cpu_while_the_nowcaster_runs_on_the_gpu(official_dir, name):
+    g, feats, lpe, _ = _fm16_inputs(official_dir)
+    model = load_nowcaster(official_dir / name)
+    with torch.no_grad():
+        model.config.chunk_size = 0
+        expected = model(feats, g.edge_type, g.edge_index, lpe, g.pos_w, k=7)
+        model.cuda()
+        for chunk in (0, 333):  # all edges moved at once, or one chunk at a time
+            model.config.chunk_size = chunk
+            got = model(feats, g.edge_type, g.edge_index, lpe, g.pos_w, k=7)
+            assert got.device.type == 'cpu'
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
