@@ -109,17 +109,18 @@ class LocalPool:
     buffer is free again once every tensor carved from it (and every view of those) is gone."""
 
     def __init__(self, keep: int = 4) -> None:
-        self.keep = keep
+        self.keep = keep  # free buffers kept for later batches (buffers of batches still held are extra)
         self.buffers: list[_Buffer] = []
 
     def carve(self, specs: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> dict[str, Tensor]:
         layout, size = _layout(specs, 0)
         buffer = next((b for b in self.buffers if not b.busy and len(b.memory) >= size), None)
         if buffer is None:
-            for old in [b for b in self.buffers if not b.busy][:max(0, len(self.buffers) + 1 - self.keep)]:
-                self.buffers.remove(old)
             buffer = _Buffer(np.empty(int(size * 1.25) + _ALIGN, np.uint8))  # room for somewhat larger batches
             self.buffers.append(buffer)
+        spare = [b for b in self.buffers if not b.busy and b is not buffer]
+        for old in spare[:max(0, len(spare) - self.keep)]:
+            self.buffers.remove(old)
         owner = buffer.memory[:]  # every tensor below keeps this view alive; when it goes, the buffer is free
         buffer.busy = True
         weakref.finalize(owner, buffer.release)
@@ -130,7 +131,7 @@ class LocalPool:
         return batch
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity
 class _Buffer:
     memory: np.ndarray
     busy: bool = False

@@ -78,3 +78,13 @@ def test_in_process_batch_memory_is_reused_only_once_nothing_views_it():
     third = _fill(pool, 3.0)
     assert third.x.data_ptr() == first_ptr and len(pool.buffers) == 2  # the first buffer, free again
     assert torch.equal(second.x, torch.full((3, 4), 2.0)) and torch.equal(third.y, torch.arange(5) * 3)
+
+
+def test_in_process_buffers_freed_beyond_the_kept_few_are_let_go():
+    pool = LocalPool(keep=2)
+    held = [_fill(pool, float(i)) for i in range(6)]  # six batches held at once: six buffers
+    assert len(pool.buffers) == 6
+    del held
+    gc.collect()
+    _fill(pool, 7.0)
+    assert len(pool.buffers) == 3  # the one carved now and two spare
