@@ -149,12 +149,12 @@ class ModelGraphs:
         stats = layer_stats(states, self.params)  # over the whole model, then each part scaled on its own
         out = torch.empty(self.num_params, dtype=states.dtype, device=states.device)
         first = 0  # index of the part's first parameter tensor
+        runs_on = (nowcaster.device or states.device).type
         for i, part in enumerate(self.parts):
             g = self.graph(i)
             part_stats = stats[first:first + len(part.params)]
             first += len(part.params)
             features = g.edge_features(apply_scale(states[part.start:part.stop], part.params, part_stats))
-            runs_on = (nowcaster.device or states.device).type
             with torch.autocast(runs_on, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
                 pred = nowcaster(features, edge_type=g.edge_type, edge_index=g.edge_index, lpe=part.lpe,
                                  pos_w=g.pos_w, k=k, **_sampling(nowcaster, edge_sample_ratio))

@@ -217,7 +217,7 @@ class WindowStream(IterableDataset):
         self._tasks: dict[str, _Task] | None = None
         self._pid = 0  # the process `_tasks` belong to (a forked DataLoader worker opens its own)
         self._pool: ThreadPoolExecutor | None = None
-        self._arenas: ArenaPool | LocalPool | None = None  # batch memory, set when iterating
+        self._arenas: ArenaPool | LocalPool | None = None  # batch memory of this process, set by `_open`
         for group in groups.values():  # validate on the driver: fail before any worker starts
             self._check_task(group, only_done)
 
@@ -248,7 +248,8 @@ class WindowStream(IterableDataset):
             self._tasks = {name: self._task(store.group(name)) for name in self.task_names}
             self._pid = os.getpid()
             self._pool = ThreadPoolExecutor(self.read_threads) if self.read_threads > 1 else None
-            self._arenas = LocalPool()  # DataLoader workers replace it with shared-memory arenas
+            in_worker = get_worker_info() is not None  # batches go to another process: shared memory
+            self._arenas = ArenaPool() if in_worker and ArenaPool.supported() else LocalPool()
         return self._tasks
 
     def _task(self, group: TaskGroup) -> _Task:
@@ -454,11 +455,9 @@ class WindowStream(IterableDataset):
         if info is None and self.prefetch:
             yield from self._prefetched(indices)
             return
-        self._open()
-        if info is not None and ArenaPool.supported():
-            self._arenas = ArenaPool()
         for index in indices:
-            yield self._arenas.ship(self.batch(index))
+            batch = self.batch(index)
+            yield self._arenas.ship(batch)
 
     def _prefetched(self, indices: Iterator[int]) -> Iterator[WindowBatch]:
         """The batches of `indices`, each one's reads loaded on a background thread while the one
