@@ -121,14 +121,29 @@ def split_planes(data: np.ndarray, level: int) -> bytes:
     return len(high).to_bytes(4, 'little') + high + bytes(_LZ4.encode(np.ascontiguousarray(pairs[:, 0])))
 
 
-def join_planes(blob, out: np.ndarray) -> None:
-    """The inverse of `split_planes`, written into `out` (contiguous uint16, as many values as encoded)."""
+def read_planes(blob, high: np.ndarray, low: np.ndarray) -> None:
+    """Decode a `split_planes` blob into its two planes: `high` and `low` (contiguous uint8, one byte per
+    value each). Kept apart so a reader can decode many chunks and interleave them in one pass."""
     blob = memoryview(blob)
     size = int.from_bytes(blob[:4], 'little')
-    pairs = out.reshape(-1).view(np.uint8).reshape(-1, 2)
-    pairs[:, 1] = np.frombuffer(_zstd_decompressor().decompress(blob[4:4 + size], max_output_size=len(pairs)),
-                                np.uint8)
-    pairs[:, 0] = np.frombuffer(_LZ4.decode(blob[4 + size:]), np.uint8)
+    high[:] = np.frombuffer(_zstd_decompressor().decompress(blob[4:4 + size], max_output_size=high.size), np.uint8)
+    if int.from_bytes(blob[4 + size:8 + size], 'little') != low.size:  # numcodecs' LZ4 header: decoded size
+        raise ValueError(f'{BYTE_PLANES}: the low bytes hold a different number of values than {low.size}')
+    _LZ4.decode(blob[4 + size:], out=low)
+
+
+def interleave_planes(high: np.ndarray, low: np.ndarray, out: np.ndarray) -> None:
+    """2-byte values from their high and low bytes (uint8 arrays of `out`'s shape), written into `out`
+    (uint16): one vectorised pass, ~2x faster than writing each plane into every other byte."""
+    np.left_shift(high, 8, dtype=np.uint16, out=out)
+    np.bitwise_or(out, low, out=out)
+
+
+def join_planes(blob, out: np.ndarray) -> None:
+    """The inverse of `split_planes`, written into `out` (contiguous uint16, as many values as encoded)."""
+    high, low = np.empty(out.size, np.uint8), np.empty(out.size, np.uint8)
+    read_planes(blob, high, low)
+    interleave_planes(high, low, out.reshape(-1))
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ does exactly what the layout needs and nothing more (measured in docs/benchmarks
     inner chunk = blosc or byte_planes(bytes(time_delta(k states x m parameters float16))) + CRC32C
 
 For each shard it reads the index once (cached), then only the byte ranges of the inner chunks
-holding the states and parameter spans asked for (one `pread` or range request each), checks each CRC32C,
-decompresses (blosc or `nino.byte_planes`) and undoes the delta. Any other codec chain is refused at open (callers
-then use zarr-python).
+holding the states and parameter spans asked for (one `pread` or range request per run of chunks
+that lie end to end), checks each CRC32C, decompresses (blosc or `nino.byte_planes`) and undoes
+the delta. Any other codec chain is refused at open (callers then use zarr-python).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import google_crc32c
 import numpy as np
 from numcodecs import blosc
 
-from .codecs import BYTE_PLANES, join_planes, undo_delta
+from .codecs import BYTE_PLANES, interleave_planes, read_planes, undo_delta
 
 _EMPTY = 2 ** 64 - 1
 _CRC32C_RESIDUE = 0x48674BC7
@@ -109,8 +109,8 @@ class ShardReader:
                 key, index = shards[shard]
                 inner = (t % self.states_per_shard) * self.params_per_shard + p % self.params_per_shard
                 plan.append((key, *(index[inner] if index is not None else (_EMPTY, 0))))
-        blobs = iter(self.fetch([(key, o, o + n) for key, o, n in plan if o != _EMPTY]))
-        sides = self._scratch((len(rows_of), len(chunks), self.inner_states, width))  # chunks side by side
+        blobs = iter(self._fetch_merged([(key, o, n) for key, o, n in plan if o != _EMPTY]))
+        sides = self._scratch('sides', (len(rows_of), len(chunks), self.inner_states, width), '<u2')
         times = list(rows_of)
         jobs, empty = [], []
         for i, (key, offset, _) in enumerate(plan):
@@ -118,8 +118,8 @@ class ShardReader:
             if offset == _EMPTY:  # never written: the fill value
                 empty.append((t, j))
             else:
-                jobs.append((next(blobs), key, (times[t], chunks[j]), sides[t, j]))
-        self._decode(jobs)
+                jobs.append((next(blobs), key, (times[t], chunks[j]), i))
+        self._decode(jobs, sides.reshape(len(plan), -1))
         nan = np.float16(np.nan).view('<u2')
         for i, ((t, rows), side) in enumerate(zip(rows_of.items(), sides)):
             used = [states[row] - t * self.inner_states for row in rows]  # positions in the chunk
@@ -155,14 +155,36 @@ class ShardReader:
             column += b - a
         return chunks, pieces
 
-    def _scratch(self, shape: tuple[int, ...]) -> np.ndarray:
-        """A reused buffer (one per thread) for the decoded chunks of one read (fresh pages cost more than
-        decoding)."""
+    def _scratch(self, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        """A reused buffer `name` (one per thread) for the decoded chunks of one read (fresh pages cost
+        more than decoding)."""
         size = int(np.prod(shape))
-        buffer = getattr(self._local, 'buffer', None)
+        buffer = getattr(self._local, name, None)
         if buffer is None or buffer.size < size:
-            buffer = self._local.buffer = np.empty(size, '<u2')
+            buffer = np.empty(size, dtype)
+            setattr(self._local, name, buffer)
         return buffer[:size].reshape(shape)
+
+    def _fetch_merged(self, chunks: list[tuple[str, int, int]]) -> list[np.ndarray]:
+        """The bytes of each (key, offset, nbytes) chunk, fetched as few ranges: chunks that lie one after
+        another in a shard file (a time chunk's parameter chunks do; zarr orders a shard's chunks along
+        a Morton curve, so they are sorted by offset first) are one request. Each chunk comes as a uint8
+        view of its range (google_crc32c takes arrays, not memoryviews)."""
+        ranges: list[list] = []  # [key, start, stop, positions in `chunks`]
+        for i in sorted(range(len(chunks)), key=lambda i: chunks[i][:2]):
+            key, offset, nbytes = chunks[i]
+            if ranges and ranges[-1][0] == key and ranges[-1][2] == offset:
+                ranges[-1][2] += nbytes
+                ranges[-1][3].append(i)
+            else:
+                ranges.append([key, offset, offset + nbytes, [i]])
+        out: list[np.ndarray] = [None] * len(chunks)  # type: ignore[list-item]
+        for blob, (_, start, _, positions) in zip(self.fetch([(key, a, b) for key, a, b, _ in ranges]), ranges):
+            view = np.frombuffer(blob, np.uint8)
+            for i in positions:
+                at = chunks[i][1] - start
+                out[i] = view[at:at + chunks[i][2]]
+        return out
 
     def _shard_index(self, traj: int, shard: tuple[int, int], key: str) -> list[tuple[int, int]] | None:
         """The shard's (offset, length) of each inner chunk, or None for a shard never written."""
@@ -179,17 +201,24 @@ class ShardReader:
             index = self._index[(traj, *shard)] = [tuple(p) for p in pairs]
         return index
 
-    def _decode(self, jobs: list[tuple[bytes, str, tuple[int, int], np.ndarray]]) -> None:
-        """Check and decompress each (bytes, key, (time chunk, parameter chunk), output) job."""
-        for data, key, (t, p), out in jobs:
+    def _decode(self, jobs: list[tuple[np.ndarray, str, tuple[int, int], int]], out: np.ndarray) -> None:
+        """Check and decompress each (bytes, key, (time chunk, parameter chunk), row of `out`) job into
+        its row of `out` (chunks, values per chunk). Byte planes decode into two scratch planes first and
+        are interleaved in one pass for all rows."""
+        if self.planes:
+            high = self._scratch('high', out.shape, 'u1')
+            low = self._scratch('low', out.shape, 'u1')
+        for data, key, (t, p), row in jobs:
             if not _crc_ok(data):
                 first, size = t * self.inner_states, self.inner_params
                 raise ChunkChecksumError(f'{key}: the chunk of states {first}-{first + self.inner_states - 1}, '
                                          f'parameters {p * size}-{(p + 1) * size - 1} does not match its CRC32C')
             if self.planes:
-                join_planes(memoryview(data)[:-4], out)
+                read_planes(data[:-4], high[row], low[row])
             else:
-                blosc.decompress(memoryview(data)[:-4], out)
+                blosc.decompress(data[:-4], out[row])
+        if self.planes and jobs:
+            interleave_planes(high, low, out)
 
 
 def _slice(positions: list[int]) -> slice | list[int]:

@@ -154,6 +154,11 @@ def test_a_large_word_embedding_is_chunked_in_row_blocks_and_read_by_spans(tmp_p
             half = fast.read_states(2, ind, spans)
             assert np.array_equal(half[ind < 8].view(np.uint16), want[ind < 8]) and np.isnan(half[ind >= 8]).all()
     assert np.isnan(fast.read_states(0, np.arange(16), blocks)).all()  # never written
+    requests, fetch = [], fast._reader.fetch
+    fast._reader.fetch = lambda asked: requests.append(asked) or fetch(asked)
+    whole = fast.read_states(1, np.arange(16))
+    assert np.array_equal(whole.view(np.uint16), x.view(np.uint16))
+    assert len(requests) == 1 and len(requests[0]) == 1  # the shard's 2 x 19 chunks lie end to end: one range
 
 
 def test_short_trajectories_are_cut_into_even_chunks_along_time(tmp_path):
