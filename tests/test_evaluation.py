@@ -50,8 +50,21 @@ def test_speedups_use_only_seeds_where_both_reached():
     assert (nino.final_mean, nino.final_not_worse) == (pytest.approx(0.9), 3)
     assert (rows['bad'].final_mean, rows['bad'].final_not_worse) == (0.0, 1)  # only seed 2 (Adam ends at 0 too)
     table = markdown_table(list(rows.values()), {'t': 0.8}, {'t': 'val_acc'})
-    assert '| t | val_acc >= 0.8 | nino | 3/3 | 133 | 2.50x ± 0.50 | -3.85-8.85x | 60% | 0.900 | 3/3 |' in table
-    assert '| t | val_acc >= 0.8 | bad | 0/3 | - | - | - | - | 0.000 | 1/3 |' in table
+    assert '| t | val_acc >= 0.8 | nino | 3/3 | 133 | 2.50x ± 0.50 | -3.85-8.85x | 60% | 0.900 | 3/3 | 3/3 |' in table
+    assert '| t | val_acc >= 0.8 | bad | 0/3 | - | - | - | - | 0.000 | 1/3 | 1/3 |' in table
+
+
+def test_tail_comparison_averages_the_last_evaluations():
+    """One evaluation decides 'end >= Adam'; the mean of the last five is compared too (TAIL_EVALS)."""
+    adam = [0.5, 0.80, 0.82, 0.80, 0.82, 0.81]
+    curves = [_curve('t', 0, 'adam', adam), _curve('t', 0, 'lucky', [0.5, 0.70, 0.72, 0.70, 0.72, 0.81]),
+              _curve('t', 0, 'ahead', [0.5, 0.85, 0.85, 0.85, 0.85, 0.80])]
+    rows = {r.method: r for r in speedups(curves, {'t': 0.8})}
+    assert (rows['lucky'].final_not_worse, rows['lucky'].tail_not_worse) == (1, 0)
+    assert (rows['ahead'].final_not_worse, rows['ahead'].tail_not_worse) == (0, 1)
+    ppl = [_curve('p', 0, 'adam', [9, 8, 7, 6, 5, 4], 'val_ppl'), _curve('p', 0, 'x', [9, 6, 5, 4, 3, 4.1], 'val_ppl')]
+    x = {r.method: r for r in speedups(ppl, {'p': 5})}['x']
+    assert (x.final_not_worse, x.tail_not_worse) == (0, 1)  # lower is better
 
 
 def test_speedup_of_a_method_reaching_at_step_zero_is_finite():
