@@ -279,6 +279,16 @@ def validate(model: torch.nn.Module, batches: list, cfg: TrainConfig) -> tuple[f
     return ours / len(batches), base / len(batches)
 
 
+def _stretch_cosine(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, steps: int) -> None:
+    """A run resumed with another number of steps: the learning rate continues on the cosine planned for
+    `steps` from the start (the saved schedule would otherwise climb back up past its old end)."""
+    scheduler.T_max = steps
+    t, low = scheduler.last_epoch, scheduler.eta_min
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group['lr'] = low + (base - low) * (1 + math.cos(math.pi * t / steps)) / 2
+    scheduler._last_lr = [group['lr'] for group in scheduler.optimizer.param_groups]
+
+
 def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) meta-training; returns a summary (final step, losses, validation)."""
     rank, world = _rank_world()
@@ -315,6 +325,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         model.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])
+        if scheduler.T_max != cfg.steps:
+            _stretch_cosine(scheduler, cfg.steps)
         if scaler is not None and state.get('scaler'):
             scaler.load_state_dict(state['scaler'])
         torch.set_rng_state(state['rng'])

@@ -131,6 +131,19 @@ def test_resume_with_another_config_names_the_fields(small_store, tmp_path):
         train(_cfg(small_store, tmp_path / 'run', steps=20, lr=1e-2), resume='auto', progress=False)
 
 
+def test_resume_with_more_steps_stretches_the_cosine(small_store, tmp_path):
+    """Raising `steps` on resume continues on the cosine of the new length, not the old one past its end."""
+    train(_cfg(small_store, tmp_path / 'run', steps=10), progress=False)
+    train(_cfg(small_store, tmp_path / 'run', steps=30), resume='auto', progress=False)
+    with open(tmp_path / 'run' / 'log.csv') as f:
+        lrs = {int(r['step']): float(r['lr']) for r in csv.DictReader(f) if r['lr']}
+    cfg = _cfg(small_store, tmp_path / 'run', steps=30)
+    for step in (11, 20, 30):
+        planned = cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 + np.cos(np.pi * step / 30)) / 2
+        assert lrs[step] == pytest.approx(planned, rel=1e-9)
+    assert lrs[10] == pytest.approx(cfg.min_lr)  # the first run ended its own cosine
+
+
 def test_bf16_autocast_on_cpu(small_store, tmp_path):
     summary = train(_cfg(small_store, tmp_path / 'run', steps=5, amp='bf16'), progress=False)
     fp32 = train(_cfg(small_store, tmp_path / 'run32', steps=5), progress=False)
