@@ -147,10 +147,14 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
     return curve
 
 
+def _not_worse(a: float, b: float, higher_is_better: bool) -> bool:
+    return a >= b if higher_is_better else a <= b
+
+
 def steps_to_target(steps: list[int], values: list[float], target: float, higher_is_better: bool) -> float:
     """First evaluated step whose value reaches the target; NaN if it never does."""
     for s, v in zip(steps, values):
-        if (v >= target) if higher_is_better else (v <= target):
+        if _not_worse(v, target, higher_is_better):
             return float(s)
     return math.nan
 
@@ -169,10 +173,6 @@ class SpeedupRow:
     final_mean: float = math.nan  # the metric at the end of the budget, mean over seeds
     final_not_worse: int = 0  # seeds where it ends at least as good as the base on the same seed
     tail_not_worse: int = 0  # the same for the mean of the last TAIL_EVALS evaluations (less noisy than one)
-
-
-def _not_worse(a: float, b: float, higher_is_better: bool) -> bool:
-    return a >= b if higher_is_better else a <= b
 
 
 def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -> list[SpeedupRow]:
