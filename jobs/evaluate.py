@@ -8,8 +8,11 @@ Each finished run is saved under OUT/runs/ and skipped by a rerun; its file name
 the task spec, the period and the checkpoint's bytes, so a changed config or a retrained checkpoint
 is run again rather than read stale. `--period N` overrides every task's period; `--guard N` adds each
 nowcaster guarded (`nino.NiNo(guard=...)`, scoring N training batches; method NAME+guardN, with
-`--guard-delay D` judged D steps after the nowcast: NAME+guardNdD). Outputs in OUT: curves.json,
-curves.csv, summary.md (the speedup table), speedups.csv, curves_<task>.png, speedup.png.
+`--guard-delay D` judged D steps after the nowcast: NAME+guardNdD). `--upd-scale`, `--k-power` and
+`--k-max` take comma-separated values and run each nowcaster with every combination (NiNo's
+`upd_scale`, `k_power`, `k_max`; methods NAME+uS+pP+kK, defaults left out of the name; see
+`metatrain.evaluation.MethodOptions`). Outputs in OUT: curves.json, curves.csv, summary.md (the speedup
+table), speedups.csv, curves_<task>.png, speedup.png.
 
 The config lists tasks (task-spec entries, as in collection configs) with a `target` value per
 task and an optional `period` (steps between nowcasts, default 1000), e.g.
@@ -28,9 +31,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +44,9 @@ from tqdm import tqdm
 
 from metatrain.evaluation import (
     BASE,
-    GUARD,
     LINEAR,
     Curve,
+    MethodOptions,
     load_curve,
     method_nowcaster,
     metric_of,
@@ -122,8 +127,11 @@ def check_periods(task_list: list[tuple[TaskSpec, int, float]], methods: dict[st
 def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | None = None,
              tasks: list[str] | None = None, address: str | None = None, baselines: bool = True,
              progress: bool = True, period: int | None = None, guard: int = 0,
-             guard_delay: int = 0) -> tuple[list[Curve], str]:
-    """Run (or finish) the evaluation grid; write outputs; return the curves and the table."""
+             guard_delay: int = 0, upd_scales: list[float] | None = None, k_powers: list[float] | None = None,
+             k_maxes: list[int | None] | None = None) -> tuple[list[Curve], str]:
+    """Run (or finish) the evaluation grid; write outputs; return the curves and the table. Each
+    nowcaster runs with every combination of `upd_scales`, `k_powers` and `k_maxes` (default: the
+    paper's 1, 2 and the nowcaster's seq_len), and guarded as well with `guard` > 0."""
     cfg, task_list = load_eval_config(config)
     if period is not None:
         if period < 1:
@@ -136,16 +144,26 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
             raise ConfigError(f'{config}: tasks {missing} are not in the config (have {known})')
         task_list = [t for t in task_list if t[0].name in tasks]
     seeds = seeds or int(cfg.get('seeds', 3))
+    for value in upd_scales or []:
+        if not value > 0:
+            raise ConfigError(f'--upd-scale values must be positive, got {value}')
+    for value in k_maxes or []:
+        if value is not None and value < 1:
+            raise ConfigError(f'--k-max values must be positive horizons, got {value}')
     methods: dict[str, str | None] = {BASE: None}
     for ckpt in nino:
         name = Path(ckpt).name.split('.')[0]
-        if name in methods:
+        if '+' in name:
+            raise ConfigError(f"nowcaster file {ckpt}: '+' separates method options, rename the file")
+        if any(m == name or m.startswith(f'{name}+') for m in methods):
             raise ConfigError(f'two nowcasters named {name!r}: rename one of the files')
         if not Path(ckpt).is_file():
             raise ConfigError(f'nowcaster checkpoint not found: {ckpt}')
-        methods[name] = str(Path(ckpt).resolve())
-        if guard:
-            methods[f'{name}{GUARD}{guard}' + (f'd{guard_delay}' if guard_delay else '')] = methods[name]
+        for u, p, k in itertools.product(upd_scales or [1.0], k_powers or [2.0], k_maxes or [None]):
+            options = MethodOptions(name, upd_scale=u, k_power=p, k_max=k)
+            methods[options.label] = str(Path(ckpt).resolve())
+            if guard:
+                methods[replace(options, guard=guard, guard_delay=guard_delay).label] = methods[options.label]
     if baselines:
         methods[LINEAR] = None
     check_periods(task_list, methods)
@@ -185,6 +203,13 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
     return curves, table
 
 
+def _numbers(flag: str, text: str, kind: type) -> list:
+    try:
+        return [kind(v) for v in text.split(',') if v.strip()]
+    except ValueError:
+        raise ConfigError(f'{flag}: expected comma-separated numbers, got {text!r}') from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m jobs.evaluate', description=__doc__.split('\n\n')[0])
     parser.add_argument('--config', required=True, help='evaluation config (tasks with targets)')
@@ -200,12 +225,20 @@ def main(argv: list[str] | None = None) -> int:
                                                              'many training batches per candidate')
     parser.add_argument('--guard-delay', type=int, default=0, help='judge each guarded nowcast this many steps '
                                                                    'after it (rolling it back if it did not pay off)')
+    parser.add_argument('--upd-scale', default='1', help='comma-separated scales of the predicted change; each '
+                                                         'nowcaster runs with every one (default: 1)')
+    parser.add_argument('--k-power', default='2', help='comma-separated decay powers of the horizon k (default: 2)')
+    parser.add_argument('--k-max', default='', help="comma-separated first horizons (default: the nowcaster's "
+                                                    "seq_len)")
     args = parser.parse_args(argv)
     try:
+        options = {'upd_scales': _numbers('--upd-scale', args.upd_scale, float),
+                   'k_powers': _numbers('--k-power', args.k_power, float),
+                   'k_maxes': _numbers('--k-max', args.k_max, int) or None}
         _, table = evaluate(args.config, args.out, [c for c in args.nino.split(',') if c], args.seeds,
                             args.tasks.split(',') if args.tasks else None,
                             args.address or os.environ.get('RAY_ADDRESS'), not args.no_baselines,
-                            period=args.period, guard=args.guard, guard_delay=args.guard_delay)
+                            period=args.period, guard=args.guard, guard_delay=args.guard_delay, **options)
     except ConfigError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

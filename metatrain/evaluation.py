@@ -34,7 +34,7 @@ from pipeline.tasks import TaskSpec, architecture, build_model
 BASE = 'adam'
 TAIL_EVALS = 5  # the "last evaluations" whose mean the speedup table also compares with the base
 LINEAR = 'linear'
-GUARD = '+guard'  # method suffix: NAME+guardN[dD]: nowcaster NAME guarded on N training batches (delay D)
+GUARD = '+guard'  # method suffix +guardN[dD]: guarded on N training batches (delay D); see MethodOptions
 
 
 @dataclass
@@ -57,19 +57,63 @@ class Curve:
         return asdict(self)
 
 
-def split_guard(method: str) -> tuple[str, int, int]:
-    """(nowcaster method, guard batches, guard delay): 'nino_mlp+guard4' -> ('nino_mlp', 4, 0),
-    'nino_mlp+guard4d100' -> ('nino_mlp', 4, 100); no guard -> 0 batches."""
-    name, _, spec = method.partition(GUARD)
-    count, _, delay = spec.partition('d')
-    if spec and not (count.isdigit() and (delay.isdigit() or not delay)):
-        raise ValueError(f'method {method!r}: expected NAME{GUARD}N or NAME{GUARD}NdD (N batches, delay D steps)')
-    return name, int(count or 0), int(delay or 0)
+@dataclass(frozen=True)
+class MethodOptions:
+    """What a method name says: `NAME[+guardN[dD]][+uS][+pP][+kK]`: nowcaster NAME, guarded on N
+    training batches (judged D steps after the nowcast), predicted change scaled by S, horizon decaying
+    with power P from K (NiNo's `guard`, `guard_delay`, `upd_scale`, `k_power`, `k_max`)."""
+
+    name: str
+    guard: int = 0
+    guard_delay: int = 0
+    upd_scale: float = 1.0
+    k_power: float = 2.0
+    k_max: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The method name these options are read from (defaults left out)."""
+        out = self.name
+        if self.guard:
+            out += f'{GUARD}{self.guard}' + (f'd{self.guard_delay}' if self.guard_delay else '')
+        if self.upd_scale != 1.0:
+            out += f'+u{self.upd_scale:g}'
+        if self.k_power != 2.0:
+            out += f'+p{self.k_power:g}'
+        if self.k_max is not None:
+            out += f'+k{self.k_max}'
+        return out
+
+
+METHOD_FORM = 'NAME[+guardN[dD]][+uS][+pP][+kK]'
+
+
+def parse_method(method: str) -> MethodOptions:
+    """Read a method name: 'nino_mlp+guard4d100+u1.5' -> guard 4, delay 100, upd_scale 1.5."""
+    name, *parts = method.split('+')
+    fields: dict = {}
+    try:
+        for part in parts:
+            if part.startswith('guard'):
+                count, _, delay = part[5:].partition('d')
+                fields['guard'], fields['guard_delay'] = int(count), int(delay or 0)
+            elif part[:1] == 'u':
+                fields['upd_scale'] = float(part[1:])
+            elif part[:1] == 'p':
+                fields['k_power'] = float(part[1:])
+            elif part[:1] == 'k':
+                fields['k_max'] = int(part[1:])
+            else:
+                raise ValueError(part)
+    except ValueError:
+        raise ValueError(f'method {method!r}: expected {METHOD_FORM} (N batches, delay D steps, scale S, '
+                         f'power P, first horizon K)') from None
+    return MethodOptions(name, **fields)
 
 
 def method_nowcaster(method: str, ckpt: str | None, seq_len: int = 40) -> Nowcaster | None:
     """The nowcaster a method uses: None for the base optimizer, a baseline, or a checkpoint."""
-    method = split_guard(method)[0]
+    method = parse_method(method).name
     if method == BASE:
         return None
     if method == LINEAR:
@@ -97,8 +141,9 @@ def metric_of(spec: TaskSpec) -> str:
 def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | None, period: int,
               lr: float | None = None) -> Curve:
     """Train `spec` from `seed` for `spec.steps` steps with the method; evaluate every `eval_every`.
-    A guarded method (`NAME+guardN`, or `NAME+guardNdD` to judge D steps later) scores nowcasts on N
-    training batches drawn once from their own generator (the same batches every time)."""
+    The method name sets the nowcast options (`MethodOptions`); a guarded one (`NAME+guardN`, or
+    `NAME+guardNdD` to judge D steps later) scores nowcasts on N training batches drawn once from
+    their own generator (the same batches every time)."""
     start = time.time()
     data = load_dataset(spec.dataset, spec.arch.get('vocab_size'))
     metric = metric_of(spec)
@@ -108,15 +153,16 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
         model = build_model(spec.arch).train()
         init = hashlib.sha256(torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().tobytes())
         base = make_optimizer(spec.optimizer, model.parameters(), lr, spec.weight_decay)
-        _, guard_batches, guard_delay = split_guard(method)
+        options = parse_method(method)
         guard_set = [data.train_batch(spec.batch_size, torch.Generator().manual_seed(seed + 7919 * (i + 1)))
-                     for i in range(guard_batches)]
+                     for i in range(options.guard)]
 
         def guard() -> float:
             return float(np.mean([loss_and_correct(model, x, y)[0].item() for x, y in guard_set]))
 
         opt = NiNo(base, model, ckpt=nowcaster, period=period, max_train_steps=spec.steps,
-                   guard=guard if guard_set else None, guard_delay=guard_delay)
+                   guard=guard if guard_set else None, guard_delay=options.guard_delay,
+                   upd_scale=options.upd_scale, k_power=options.k_power, k_max=options.k_max)
         gen = torch.Generator().manual_seed(seed)
         batches = hashlib.sha256()
         curve = Curve(spec.name, seed, method, metric, [], [], init_checksum=init.hexdigest())

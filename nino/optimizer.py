@@ -4,8 +4,9 @@ Every `period // ctx` steps the wrapper records the flat parameters (before that
 at the ctx-th record it runs the nowcaster instead of the base optimizer's step and writes the
 predicted parameters into the model. The neural graph holds every parameter of the model, but
 only those the base optimizer optimises (its param groups) are written: frozen parameters keep
-their values (the paper's code overwrites them too). The horizon k decays over training from `seq_len` (40) to 1:
-k_i = round(linspace(40 ** (1 / p), 1, max_train_steps // period) ** p)[i] for the i-th period (p = 2
+their values (the paper's code overwrites them too). The horizon k decays over training from `k_max`
+(default: the nowcaster's `seq_len`, 40) to 1:
+k_i = round(linspace(k_max ** (1 / p), 1, max_train_steps // period) ** p)[i] for the i-th period (p = 2
 by default, as the paper), and `upd_scale` scales the predicted change (the paper's knob).
 
 A guard (`guard=`, no published nowcaster has one) decides with a user-given loss whether a
@@ -43,8 +44,8 @@ log = logging.getLogger(__name__)
 
 
 def k_schedule(seq_len: int, max_train_steps: int, period: int, power: float = 2.0) -> np.ndarray:
-    """Horizon of each nowcast: decays from seq_len to 1 (as the `power` of the step index; the higher,
-    the faster)."""
+    """Horizon of each nowcast: decays from seq_len (the first, largest horizon) to 1 (as the `power` of
+    the step index; the higher, the faster)."""
     n = max(1, max_train_steps // period)
     return (np.linspace(seq_len ** (1 / power), 1, num=n) ** power).round().astype(np.int64)
 
@@ -85,6 +86,8 @@ class NiNo(torch.optim.Optimizer):
             the step's per-edge work is about chunk_size x 1.5 KB). None: the nowcaster's (100,000).
         upd_scale: factor on the predicted change (1: the prediction as it is).
         k_power: power of the decay of the horizon k over training (2, as the paper).
+        k_max: horizon of the first nowcast, at most the nowcaster's `seq_len` (None: `seq_len`, as the
+            paper).
         guard: a callable returning a loss of the model as it is when called (e.g. on a few held-out
             or fresh training batches; it runs under `torch.no_grad()`); None: every nowcast is taken.
         guard_scales: candidates the guard scores: the current parameters plus each scale times the
@@ -102,7 +105,8 @@ class NiNo(torch.optim.Optimizer):
                  lpe: Tensor | Sequence[Tensor | None] | None = None, subgraph: bool = False,
                  edge_sample_ratio: float = 0.0, amp: bool = False, chunk_size: int | None = None,
                  upd_scale: float = 1.0,
-                 k_power: float = 2.0, guard: Callable[[], float | Tensor] | None = None,
+                 k_power: float = 2.0, k_max: int | None = None,
+                 guard: Callable[[], float | Tensor] | None = None,
                  guard_scales: Sequence[float] = (1.0, 0.5, 0.25), guard_margin: float = 0.0,
                  guard_delay: int = 0) -> None:
         # Optimizer.__init__ is not called: the wrapper has no param groups of its own (see the properties)
@@ -154,7 +158,10 @@ class NiNo(torch.optim.Optimizer):
         if cfg.gnn and cfg.lpe:
             self.graphs.set_lpe(lpe, cfg.lpe)
         self.graphs.to(self.edge_device)
-        self.k_schedule = k_schedule(cfg.seq_len, max_train_steps, period, k_power)
+        if k_max is not None and not 1 <= k_max <= cfg.seq_len:
+            raise ValueError(f'k_max must be a horizon from 1 to the nowcaster\'s seq_len ({cfg.seq_len}), '
+                             f'got {k_max}')
+        self.k_schedule = k_schedule(k_max or cfg.seq_len, max_train_steps, period, k_power)
 
     @property
     def param_groups(self) -> list[dict]:

@@ -188,7 +188,8 @@ def cached_graphs(cache: Path, params: list, graph_kwargs: dict, subgraph: bool,
 def run_step(last: Path, out: Path, nowcaster_ckpt: str | Path, period: int = 1000, max_train_steps: int = 10000,
              k_power: float = 2.0, upd_scale: float = 1.0, subgraph: bool = False, edge_sample_ratio: float = 0.0,
              amp: bool = False, num_heads: int | None = None, num_key_value_heads: int | None = None,
-             device: str = 'cpu', chunk_size: int | None = None, edge_device: str | None = None) -> dict:
+             device: str = 'cpu', chunk_size: int | None = None, edge_device: str | None = None,
+             k_max: int | None = None) -> dict:
     """Nowcast from the c checkpoints ending at `last` and write the result to `out`; returns a summary.
     The nowcaster runs on `device`; states, graphs and edges are kept on `edge_device` (default: `device`)."""
     nowcaster = load_nowcaster(nowcaster_ckpt).to(device).eval()
@@ -211,7 +212,10 @@ def run_step(last: Path, out: Path, nowcaster_ckpt: str | Path, period: int = 10
     graphs = cached_graphs(Path(last).parent / GRAPH_CACHE, params, cache_kwargs, subgraph,
                            nowcaster.config.lpe if nowcaster.config.gnn else 0).to(edge_device)
     step = paths[-1][0]
-    k = horizon(k_schedule(nowcaster.config.seq_len, max_train_steps, period, k_power), max(step - 1, 0), period)
+    seq_len = nowcaster.config.seq_len
+    if k_max is not None and not 1 <= k_max <= seq_len:
+        raise ValueError(f'--k-max must be from 1 to the nowcaster\'s seq_len ({seq_len}), got {k_max}')
+    k = horizon(k_schedule(k_max or seq_len, max_train_steps, period, k_power), max(step - 1, 0), period)
     x = graphs.predict(nowcaster, states, k, edge_sample_ratio, torch.bfloat16 if amp else None)
     if not bool(torch.isfinite(x).all()):
         raise FloatingPointError(f'the nowcast from {last} has NaN/Inf values; nothing was written')
@@ -231,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--period', type=int, default=1000)
     parser.add_argument('--max-train-steps', type=int, default=10000)
     parser.add_argument('--k-power', type=float, default=2.0, help='decay power of the horizon k')
+    parser.add_argument('--k-max', type=int, default=None, help="horizon of the first nowcast (default: the "
+                                                                "nowcaster's seq_len)")
     parser.add_argument('--upd-scale', type=float, default=1.0, help='scale of the predicted change')
     parser.add_argument('--subgraph', action='store_true', help='one neural graph per transformer block')
     parser.add_argument('--edge-sample-ratio', type=float, default=0.0,
@@ -247,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run_step(args.last, args.out, args.ckpt, args.period, args.max_train_steps, args.k_power,
                            args.upd_scale, args.subgraph, args.edge_sample_ratio, args.amp, args.num_heads,
-                           args.num_key_value_heads, args.device, args.chunk_size, args.edge_device)
+                           args.num_key_value_heads, args.device, args.chunk_size, args.edge_device,
+                           args.k_max)
     except (FileNotFoundError, ValueError, FloatingPointError) as err:
         print(f'nino.step: {err}', file=sys.stderr)
         return 2

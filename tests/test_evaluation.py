@@ -11,7 +11,16 @@ import pytest
 import torch
 import yaml
 
-from metatrain.evaluation import Curve, markdown_table, metric_of, run_curve, speedups, split_guard, steps_to_target
+from metatrain.evaluation import (
+    Curve,
+    MethodOptions,
+    markdown_table,
+    metric_of,
+    parse_method,
+    run_curve,
+    speedups,
+    steps_to_target,
+)
 from nino.baselines import LinearExtrapolation
 from nino.checkpoint import save_nowcaster
 from nino.model import NiNoConfig, build_nowcaster
@@ -101,10 +110,30 @@ def test_a_guarded_bad_nowcaster_ends_exactly_where_adam_ends():
     assert guarded.values == adam.values  # the base optimizer took every step, from the same parameters
     unguarded = run_curve(spec, 1000, 'far', FarOff(seq_len=40), period=50)
     assert unguarded.nowcast_steps == [50, 100] and unguarded.values[-1] != adam.values[-1]
-    assert split_guard('nino_mlp+guard4') == ('nino_mlp', 4, 0) and split_guard('adam') == ('adam', 0, 0)
-    assert split_guard('nino_mlp+guard4d100') == ('nino_mlp', 4, 100)
-    with pytest.raises(ValueError, match='NAME\\+guardN'):
-        split_guard('nino_mlp+guardx')
+
+
+def test_method_names_carry_the_nowcast_options_and_read_back():
+    assert parse_method('adam') == MethodOptions('adam')
+    assert parse_method('nino_mlp+guard4') == MethodOptions('nino_mlp', guard=4)
+    options = parse_method('nino_mlp+guard4d100+u1.5+p3+k20')
+    assert options == MethodOptions('nino_mlp', 4, 100, upd_scale=1.5, k_power=3.0, k_max=20)
+    assert options.label == 'nino_mlp+guard4d100+u1.5+p3+k20'
+    assert MethodOptions('ours', upd_scale=1.0, k_power=2.0).label == 'ours'  # defaults: the plain name
+    for bad in ('nino_mlp+guardx', 'nino_mlp+u', 'nino_mlp+k1.5', 'nino_mlp+z3'):
+        with pytest.raises(ValueError, match='NAME\\[\\+guardN'):
+            parse_method(bad)
+
+
+def test_the_method_name_sets_the_nowcasts_horizon_and_scale():
+    spec, = load_tasks({'tasks': [{'preset': 'digits-mlp', 'steps': 100, 'eval_every': 20}]})
+    lin = LinearExtrapolation(seq_len=40)
+    plain = run_curve(spec, 1000, 'lin', lin, period=50)
+    assert run_curve(spec, 1000, 'lin+p2+u1', lin, period=50).values == plain.values  # defaults spelled out
+    short = run_curve(spec, 1000, 'lin+k1', lin, period=50)
+    none = run_curve(spec, 1000, 'lin+u0', lin, period=50)  # the nowcast writes the parameters it read
+    assert short.nowcast_steps == none.nowcast_steps == plain.nowcast_steps == [50, 100]
+    assert len({tuple(plain.values[3:]), tuple(short.values[3:]), tuple(none.values[3:])}) == 3
+    assert plain.values[:3] == short.values[:3] == none.values[:3]  # same run up to the first nowcast
 
 
 def test_evaluate_job_writes_outputs_and_resumes(tmp_path):
@@ -127,17 +156,20 @@ def test_evaluate_job_writes_outputs_and_resumes(tmp_path):
         other_period, _ = evaluate(config, out, [str(ckpt)], progress=False, period=25, baselines=False)
         save_nowcaster(build_nowcaster(NiNoConfig(gnn=False, hid=8, seq_len=10)), ckpt)  # retrained
         retrained, _ = evaluate(config, out, [str(ckpt)], progress=False, period=25, baselines=False)
+        scaled, _ = evaluate(config, out, [str(ckpt)], progress=False, period=25, baselines=False,
+                             upd_scales=[1.0, 0.5])
     finally:
         ray.shutdown()
     assert len(curves) == 2 * 2 * 3 and table2 == table
     assert {c.nowcast_steps[0] for c in curves if c.method == 'tiny'} == {50}
     assert {c.nowcast_steps[0] for c in other_period if c.method == 'tiny'} == {25}  # not the stale period-50 runs
     new = {p.name for p in (out / 'runs').iterdir()} - set(stamps)
-    assert len(new) == 2 * 2 * 2 + 2 * 2  # period 25: adam + tiny; then the retrained tiny again
+    assert len(new) == 2 * 2 * 2 + 2 * 2 + 2 * 2  # period 25: adam + tiny; the retrained tiny; tiny+u0.5
+    assert {c.method for c in scaled} == {'adam', 'tiny', 'tiny+u0.5'}  # values: test_the_method_name_sets_...
     assert [c.values for c in retrained if c.method == 'adam'] == [c.values for c in other_period if c.method == 'adam']
     assert {c.method for c in curves} == {'adam', 'tiny', 'linear'}
     with open(out / 'curves.csv') as f:
-        assert len(list(csv.DictReader(f))) == 8 * 6  # the last evaluation's 8 curves (no baseline), 6 points
+        assert len(list(csv.DictReader(f))) == 12 * 6  # the last evaluation's 12 curves (no baseline), 6 points
     for name in ('summary.md', 'speedups.csv', 'curves.json', 'curves_digits-mlp.png',
                  'curves_digits-mlp-w1.5.png', 'speedup.png'):
         assert (out / name).stat().st_size > 0
@@ -169,6 +201,21 @@ def test_evaluate_config_errors_name_the_field(tmp_path, task, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         evaluate(_eval_config(tmp_path, **task), tmp_path / 'out', [], progress=False)
     assert not (tmp_path / 'out' / 'runs').exists() or not any((tmp_path / 'out' / 'runs').iterdir())
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--upd-scale', '1,x'], "--upd-scale: expected comma-separated numbers, got '1,x'"),
+    (['--upd-scale', '0'], '--upd-scale values must be positive, got 0.0'),
+    (['--k-max', '0'], '--k-max values must be positive horizons, got 0'),
+    (['--nino', 'ours+v2.safetensors'], "'+' separates method options, rename the file"),
+])
+def test_evaluate_option_errors_name_the_flag(tmp_path, capsys, flags, message):
+    from jobs.evaluate import main
+    (tmp_path / 'ours+v2.safetensors').write_bytes(b'')
+    code = main(['--config', str(_eval_config(tmp_path)), '--out', str(tmp_path / 'out'),
+                 *[f.replace('ours+', f'{tmp_path}/ours+') for f in flags]])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
 
 
 def test_val_loss_target_is_a_loss_not_a_perplexity():

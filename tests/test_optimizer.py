@@ -335,6 +335,16 @@ def test_upd_scale_and_k_power_are_the_papers_knobs():
     assert torch.allclose(opts[1]._flat_params(), torch.lerp(before, opts[0]._flat_params(), 0.5), atol=1e-7)
 
 
+def test_k_max_sets_the_first_horizon_of_the_decay():
+    model, _, _ = _regression(2)
+    opt = NiNo(torch.optim.SGD(model.parameters(), lr=0.02), model, ckpt=LinearExtrapolation(seq_len=10),
+               period=5, max_train_steps=20, k_max=4)
+    assert opt.k_schedule.tolist() == k_schedule(4, 20, 5).tolist() == [4, 3, 2, 1]
+    for bad in (0, 11):
+        with pytest.raises(ValueError, match='k_max must be a horizon from 1 to'):
+            NiNo(torch.optim.SGD(model.parameters()), model, ckpt=LinearExtrapolation(seq_len=10), k_max=bad)
+
+
 def test_a_delayed_guard_rolls_back_a_nowcast_that_did_not_pay_off_and_resumes_exactly():
     def make():
         model, x, y = _regression(3)
