@@ -3,7 +3,8 @@
 A window is c input states and up to `seq_len` target states after them, `step` optimizer steps
 apart, from one trajectory of one task group. Each batch samples `batch_size` (task, trajectory,
 start) triples and reads `samples_per_traj` windows from each (shifted by one state), which is
-what the paper's training does. Per window, inputs and targets are scaled with the inputs'
+what the paper's training does (`max_start_step` keeps the starts to the early part of each
+trajectory). Per window, inputs and targets are scaled with the inputs'
 per-layer statistics; the inputs become edge features, and the Laplacian encoding's signs are
 flipped at random (once per trajectory read) as augmentation. For language tasks, `wte_size` rows
 of the word embedding are sampled and each row's token index is kept as the node's `pos_w`: by
@@ -79,6 +80,11 @@ class WindowConfig:
     lpe: int = 8
     max_feat_size: int = 9  # edge feature slots the nowcaster reads at most (a conv's 3x3 kernel)
     lm_global_scale: bool = True  # GPT-2 tasks: one scale for all parameters, as the paper trained
+    max_start_step: int | None = None  # windows start at or before this optimizer step (None: wherever they fit)
+
+    def __post_init__(self) -> None:
+        if self.max_start_step is not None and (not isinstance(self.max_start_step, int) or self.max_start_step < 0):
+            raise ValueError(f"window field 'max_start_step' must be a step >= 0 or None, got {self.max_start_step!r}")
 
 
 @dataclass
@@ -269,6 +275,8 @@ class WindowStream(IterableDataset):
         lpe = laplacian_pe(graph.edge_index, graph.num_nodes, c.lpe) if c.lpe else None
         stride = c.step // spec.record_every
         max_start = spec.num_states - (c.ctx + min(c.seq_len, 2 * c.ctx) + c.samples_per_traj) * stride
+        if c.max_start_step is not None:
+            max_start = min(max_start, c.max_start_step // spec.record_every + 1)
         sizes = [int(np.prod(s)) for _, s in layout]
         if is_lm and c.lm_global_scale:
             sizes = [sum(sizes)]

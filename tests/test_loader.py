@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,17 @@ def test_stream_is_deterministic_across_workers_and_resumable(small_store):
     assert torch.equal(next(iter(resumed)).edge_attr, expected[2].edge_attr)
     rank1 = WindowStream(str(small_store), CFG, seed=11, start=1, shard=(1, 2))
     assert torch.equal(next(iter(rank1)).edge_attr, expected[3].edge_attr)
+
+
+def test_max_start_step_keeps_windows_to_the_start_of_training(small_store):
+    def starts(cfg):
+        stream = WindowStream(str(small_store), cfg, tasks=['fm-16'], seed=3)
+        return {int(s) for i in range(8) for s in stream.batch(i).window[:, 2]}
+
+    assert max(starts(CFG)) >= 2  # states 4 steps apart: a start past step 4
+    assert starts(replace(CFG, max_start_step=4)) == {0, 1}  # states 0 and 1: steps 0 and 4
+    with pytest.raises(ValueError, match="window field 'max_start_step' must be a step >= 0 or None, got -1"):
+        replace(CFG, max_start_step=-1)
 
 
 def test_bad_window_settings_name_the_task(small_store):
