@@ -12,7 +12,7 @@ nowcaster guarded (`nino.NiNo(guard=...)`, scoring N training batches; method NA
 `--k-max` take comma-separated values and run each nowcaster with every combination (NiNo's
 `upd_scale`, `k_power`, `k_max`; methods NAME+uS+pP+kK, defaults left out of the name; see
 `metatrain.evaluation.MethodOptions`). Outputs in OUT: curves.json, curves.csv, summary.md (the speedup
-table), speedups.csv, curves_<task>.png, speedup.png.
+table, then steps to target and final metric per seed), speedups.csv, curves_<task>.png, speedup.png.
 
 The config lists tasks (task-spec entries, as in collection configs) with a `target` value per
 task and an optional `period` (steps between nowcasts, default 1000), e.g.
@@ -197,7 +197,7 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
     metrics = {spec.name: metric_of(spec) for spec, _, _ in task_list}
     rows = speedups(curves, targets)
     write_curves(curves, out)
-    table = write_table(rows, targets, metrics, out)
+    table = write_table(rows, targets, metrics, out, curves)
     plot_curves(curves, targets, out)
     plot_speedups(rows, out)
     return curves, table

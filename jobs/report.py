@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metatrain.evaluation import BASE, Curve, SpeedupRow, markdown_table
+from metatrain.evaluation import BASE, Curve, SpeedupRow, markdown_table, per_seed_table
 
 
 def write_curves(curves: list[Curve], out: Path) -> None:
@@ -24,9 +24,13 @@ def write_curves(curves: list[Curve], out: Path) -> None:
                 w.writerow([c.task, c.seed, c.method, s, c.metric, repr(v), sum(n <= s for n in c.nowcast_steps)])
 
 
-def write_table(rows: list[SpeedupRow], targets: dict[str, float], metrics: dict[str, str], out: Path) -> str:
+def write_table(rows: list[SpeedupRow], targets: dict[str, float], metrics: dict[str, str], out: Path,
+                curves: list[Curve] | None = None) -> str:
+    """`summary.md` (the speedup table, then the per-seed tables of `curves`) and `speedups.csv`;
+    returns the speedup table."""
     table = markdown_table(rows, targets, metrics)
-    (out / 'summary.md').write_text(table + '\n')
+    seeds = f'\n\n{per_seed_table(curves, targets)}' if curves else ''
+    (out / 'summary.md').write_text(table + seeds + '\n')
     with open(out / 'speedups.csv', 'w', newline='') as f:
         w = csv.writer(f)
         names = [f.name for f in fields(SpeedupRow)]

@@ -285,5 +285,30 @@ def markdown_table(rows: list[SpeedupRow], targets: dict[str, float], metric_nam
     return '\n'.join(lines)
 
 
+def per_seed_table(curves: list[Curve], targets: dict[str, float], base: str = BASE) -> str:
+    """Per task, one row per seed and one column per method: the step the target was reached at ('-':
+    never) and the metric at the end of the budget, so what the means of `markdown_table` hide shows."""
+    by_key = {(c.task, c.seed, c.method): c for c in curves}
+    blocks = []
+    for task in sorted({c.task for c in curves}):
+        methods = [base] + sorted({c.method for c in curves if c.task == task} - {base})
+        metric = next(c.metric for c in curves if c.task == task)
+        lines = [f'{task}, per seed: steps to {metric} {"<=" if not HIGHER_IS_BETTER[metric] else ">="} '
+                 f'{targets[task]:g}; {metric} at the end', '',
+                 '| seed | ' + ' | '.join(methods) + ' |', '|---:|' + '---|' * len(methods)]
+        for seed in sorted({c.seed for c in curves if c.task == task}):
+            cells = []
+            for method in methods:
+                c = by_key.get((task, seed, method))
+                if c is None:
+                    cells.append('')
+                    continue
+                s = steps_to_target(c.steps, c.values, targets[task], HIGHER_IS_BETTER[c.metric])
+                cells.append(f'{"-" if math.isnan(s) else f"{s:.0f}"}; {c.values[-1]:.3f}')
+            lines.append(f'| {seed} | ' + ' | '.join(cells) + ' |')
+        blocks.append('\n'.join(lines))
+    return '\n\n'.join(blocks)
+
+
 def load_curve(path: Path) -> Curve:
     return Curve(**json.loads(path.read_text()))

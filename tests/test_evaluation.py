@@ -17,6 +17,7 @@ from metatrain.evaluation import (
     markdown_table,
     metric_of,
     parse_method,
+    per_seed_table,
     run_curve,
     speedups,
     steps_to_target,
@@ -61,6 +62,11 @@ def test_speedups_use_only_seeds_where_both_reached():
     table = markdown_table(list(rows.values()), {'t': 0.8}, {'t': 'val_acc'})
     assert '| t | val_acc >= 0.8 | nino | 3/3 | 133 | 2.50x ± 0.50 | -3.85-8.85x | 60% | 0.900 | 3/3 | 3/3 |' in table
     assert '| t | val_acc >= 0.8 | bad | 0/3 | - | - | - | - | 0.000 | 1/3 | 1/3 |' in table
+    per_seed = per_seed_table(curves, {'t': 0.8}).splitlines()
+    assert per_seed[0] == 't, per seed: steps to val_acc >= 0.8; val_acc at the end'
+    assert per_seed[2] == '| seed | adam | bad | nino |'
+    assert per_seed[4:] == ['| 0 | 400; 0.900 | -; 0.000 | 200; 0.900 |', '| 1 | 300; 0.900 | -; 0.000 | 100; 0.900 |',
+                            '| 2 | -; 0.000 | -; 0.000 | 100; 0.900 |']
 
 
 def test_tail_comparison_averages_the_last_evaluations():
@@ -175,6 +181,9 @@ def test_evaluate_job_writes_outputs_and_resumes(tmp_path):
         assert (out / name).stat().st_size > 0
     assert (out / 'curves_digits-mlp.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert '| digits-mlp-w1.5 | val_acc >= 0.5 | tiny |' in table
+    summary = (out / 'summary.md').read_text()  # the last call's: adam, tiny, tiny+u0.5 every 25 steps
+    assert summary.startswith('| task | target |') and 'digits-mlp-w1.5, per seed: steps to val_acc >= 0.5' in summary
+    assert '| seed | adam | tiny | tiny+u0.5 |' in summary
 
 
 def _eval_config(tmp_path, **task):
