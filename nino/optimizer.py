@@ -50,6 +50,13 @@ def k_schedule(seq_len: int, max_train_steps: int, period: int, power: float = 2
     return (np.linspace(seq_len ** (1 / power), 1, num=n) ** power).round().astype(np.int64)
 
 
+def first_horizon(seq_len: int, k_max: int | None) -> int:
+    """The horizon the decay starts from: `k_max` (checked to be 1..seq_len), or seq_len when None."""
+    if k_max is not None and not 1 <= k_max <= seq_len:
+        raise ValueError(f"k_max must be a horizon from 1 to the nowcaster's seq_len ({seq_len}), got {k_max}")
+    return k_max or seq_len
+
+
 def horizon(schedule: np.ndarray, step_idx: int, period: int) -> int:
     """The horizon k of a nowcast made at (0-based) optimizer step `step_idx`."""
     return int(schedule[min(len(schedule) - 1, step_idx // period)])
@@ -158,10 +165,7 @@ class NiNo(torch.optim.Optimizer):
         if cfg.gnn and cfg.lpe:
             self.graphs.set_lpe(lpe, cfg.lpe)
         self.graphs.to(self.edge_device)
-        if k_max is not None and not 1 <= k_max <= cfg.seq_len:
-            raise ValueError(f'k_max must be a horizon from 1 to the nowcaster\'s seq_len ({cfg.seq_len}), '
-                             f'got {k_max}')
-        self.k_schedule = k_schedule(k_max or cfg.seq_len, max_train_steps, period, k_power)
+        self.k_schedule = k_schedule(first_horizon(cfg.seq_len, k_max), max_train_steps, period, k_power)
 
     @property
     def param_groups(self) -> list[dict]:

@@ -36,7 +36,7 @@ from torch import Tensor
 from .checkpoint import load_nowcaster
 from .graph import family_of, head_counts, param_shapes
 from .nowcast import ModelGraphs
-from .optimizer import horizon, k_schedule
+from .optimizer import first_horizon, horizon, k_schedule
 
 GRAPH_CACHE = 'nino_graph.pt'
 _BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
@@ -212,10 +212,8 @@ def run_step(last: Path, out: Path, nowcaster_ckpt: str | Path, period: int = 10
     graphs = cached_graphs(Path(last).parent / GRAPH_CACHE, params, cache_kwargs, subgraph,
                            nowcaster.config.lpe if nowcaster.config.gnn else 0).to(edge_device)
     step = paths[-1][0]
-    seq_len = nowcaster.config.seq_len
-    if k_max is not None and not 1 <= k_max <= seq_len:
-        raise ValueError(f'--k-max must be from 1 to the nowcaster\'s seq_len ({seq_len}), got {k_max}')
-    k = horizon(k_schedule(k_max or seq_len, max_train_steps, period, k_power), max(step - 1, 0), period)
+    schedule = k_schedule(first_horizon(nowcaster.config.seq_len, k_max), max_train_steps, period, k_power)
+    k = horizon(schedule, max(step - 1, 0), period)
     x = graphs.predict(nowcaster, states, k, edge_sample_ratio, torch.bfloat16 if amp else None)
     if not bool(torch.isfinite(x).all()):
         raise FloatingPointError(f'the nowcast from {last} has NaN/Inf values; nothing was written')
