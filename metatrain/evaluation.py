@@ -197,6 +197,11 @@ def _not_worse(a: float, b: float, higher_is_better: bool) -> bool:
     return a >= b if higher_is_better else a <= b
 
 
+def target_text(metric: str, value: float) -> str:
+    """How a target reads in tables: 'val_acc >= 0.8', 'val_ppl <= 9'."""
+    return f'{metric} {">=" if HIGHER_IS_BETTER[metric] else "<="} {value:g}'
+
+
 def steps_to_target(steps: list[int], values: list[float], target: float, higher_is_better: bool) -> float:
     """First evaluated step whose value reaches the target; NaN if it never does."""
     for s, v in zip(steps, values):
@@ -270,7 +275,6 @@ def markdown_table(rows: list[SpeedupRow], targets: dict[str, float], metric_nam
              '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
     for r in rows:
         name = metric_names.get(r.task, 'val_acc')
-        sign = '>=' if HIGHER_IS_BETTER[name] else '<='
         steps = '-' if math.isnan(r.steps_mean) else f'{r.steps_mean:.0f}'
         speed = interval = fewer = '-'
         if not math.isnan(r.speedup_mean):
@@ -279,7 +283,7 @@ def markdown_table(rows: list[SpeedupRow], targets: dict[str, float], metric_nam
         if not math.isnan(r.speedup_ci):
             interval = f'{r.speedup_mean - r.speedup_ci:.2f}-{r.speedup_mean + r.speedup_ci:.2f}x'
         final = '-' if math.isnan(r.final_mean) else f'{r.final_mean:.3f}'
-        lines.append(f'| {r.task} | {name} {sign} {targets[r.task]:g} | {r.method} | {r.reached}/{r.seeds} '
+        lines.append(f'| {r.task} | {target_text(name, targets[r.task])} | {r.method} | {r.reached}/{r.seeds} '
                      f'| {steps} | {speed} | {interval} | {fewer} | {final} | {r.final_not_worse}/{r.seeds} '
                      f'| {r.tail_not_worse}/{r.seeds} |')
     return '\n'.join(lines)
@@ -293,8 +297,7 @@ def per_seed_table(curves: list[Curve], targets: dict[str, float], base: str = B
     for task in sorted({c.task for c in curves}):
         methods = [base] + sorted({c.method for c in curves if c.task == task} - {base})
         metric = next(c.metric for c in curves if c.task == task)
-        lines = [f'{task}, per seed: steps to {metric} {"<=" if not HIGHER_IS_BETTER[metric] else ">="} '
-                 f'{targets[task]:g}; {metric} at the end', '',
+        lines = [f'{task}, per seed: steps to {target_text(metric, targets[task])}; {metric} at the end', '',
                  '| seed | ' + ' | '.join(methods) + ' |', '|---:|' + '---|' * len(methods)]
         for seed in sorted({c.seed for c in curves if c.task == task}):
             cells = []
