@@ -4,7 +4,9 @@ States are the flat parameters in `named_parameters()` order as float16, taken a
 after every `record_every` optimizer steps. Metrics per state: mean train loss/accuracy over the
 steps since the previous state, validation loss/accuracy every `eval_every` steps (NaN between).
 Everything random is seeded from the trajectory's seed and torch runs with `spec.threads`
-threads, so the same (spec, index) gives the same bytes in any process.
+threads, so the same (spec, index) gives the same bytes in any process. A spec with `nowcast`
+trains with `nino.NiNo` around the optimizer, so its trajectories hold the nowcasts and Adam's
+recovery after each: the states a nowcaster meets when it is used, not only plain Adam's.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from nino import NiNo
 
 from .data import load_dataset
 from .tasks import TaskSpec, build_model
@@ -125,6 +129,9 @@ def record_trajectory(spec: TaskSpec, index: int, sink: ChunkSink | None = None,
         model = build_model(spec.arch)
         model.train()
         opt = make_optimizer(spec.optimizer, model.parameters(), lr, spec.weight_decay)
+        if spec.nowcast:
+            opt = NiNo(opt, model, ckpt=spec.nowcast['ckpt'], period=spec.nowcast['period'],
+                       max_train_steps=spec.steps)
         gen = torch.Generator().manual_seed(seed)
         batch = spec.batch_size
         metrics[0, 2:] = evaluate(model, data, batch)

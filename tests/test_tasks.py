@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from jobs.collect import load_config
 from pipeline.tasks import ConfigError, TaskSpec, build_model, load_tasks
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _fm(**over):
@@ -49,6 +54,9 @@ def test_presets_cover_the_paper_tasks():
     (_fm(widths=[]), "'widths'"),
     ({'preset': 'fm-99'}, "'preset'"),
     ({'name': 'x', 'dataset': {'name': 'digits'}}, "'arch'"),
+    (_fm(nowcast={'ckpt': 'n.safetensors'}), "'nowcast'"),
+    (_fm(nowcast={'ckpt': 'n.safetensors', 'period': 0}), "'nowcast.period'"),
+    (_fm(nowcast={'ckpt': '', 'period': 60}), "'nowcast.ckpt'"),
 ])
 def test_malformed_task_names_the_field(entry, field):
     with pytest.raises(ConfigError, match=field):
@@ -85,6 +93,24 @@ def test_relative_dataset_and_tokenizer_paths_resolve_against_the_working_direct
     for name in ('bytes', 'gpt2'):
         entry['dataset']['tokenizer'] = name
         assert with_absolute_paths(load_tasks({'tasks': [entry]})[0]).dataset['tokenizer'] == name
+
+
+def test_trajectories_recorded_with_a_nowcaster_hold_its_nowcasts(tmp_path, monkeypatch):
+    from pipeline.record import record_trajectory
+    from pipeline.tasks import with_absolute_paths
+    monkeypatch.chdir(REPO)
+    entry = {'preset': 'digits-mlp', 'steps': 120, 'eval_every': 40, 'seed': 3}
+    plain, = load_tasks({'tasks': [entry]})
+    nowcast = {'ckpt': 'checkpoints/digits-mlp-h64.safetensors', 'period': 60}
+    spec = with_absolute_paths(load_tasks({'tasks': [{**entry, 'nowcast': nowcast}]})[0])
+    assert spec.nowcast == {'ckpt': str(REPO / nowcast['ckpt']), 'period': 60}
+    assert 'nowcast' not in plain.to_dict() and TaskSpec.from_dict(spec.to_dict()) == spec
+    a, b = record_trajectory(plain, 0), record_trajectory(spec, 0)
+    step = list(a.steps).index(60)  # the first nowcast comes after optimizer step 60
+    assert np.array_equal(a.params[:step], b.params[:step])
+    adam_step = np.abs(a.params[step].astype(np.float32) - a.params[step - 1]).mean()
+    jump = np.abs(b.params[step].astype(np.float32) - a.params[step]).mean()
+    assert jump > 5 * adam_step  # 20 states ahead, not one Adam step
 
 
 def test_a_tokenizer_larger_than_the_model_vocabulary_is_named_before_any_work(tmp_path, bpe_folder):

@@ -46,6 +46,8 @@ class TaskSpec:
     seed: int = 0
     threads: int = 1  # torch threads per trajectory (and the Ray task's CPU request)
     target: dict[str, Any] = field(default_factory=dict)  # e.g. {'metric': 'val_acc', 'value': 0.8}
+    # record training *with* a nowcaster: {'ckpt': path, 'period': steps}; empty: the base optimizer alone
+    nowcast: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_states(self) -> int:
@@ -65,6 +67,8 @@ class TaskSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d['lr'] = list(self.lr)
+        if not self.nowcast:  # left out, so that specs written before the field existed compare equal
+            del d['nowcast']
         return d
 
     @classmethod
@@ -106,6 +110,8 @@ def _build_spec(d: dict[str, Any], where: str) -> TaskSpec:
                           f"got {values['optimizer']!r}")
     if 'lr' in values:
         values['lr'] = _lr_range(values['lr'], where)
+    if values.get('nowcast'):
+        values['nowcast'] = _nowcast(values['nowcast'], where)
     if 'weight_decay' in values:
         try:
             values['weight_decay'] = parse_number('weight_decay', values['weight_decay'], float, where)
@@ -118,6 +124,20 @@ def _build_spec(d: dict[str, Any], where: str) -> TaskSpec:
         raise ConfigError(f"{where}: field 'eval_every' ({spec.eval_every}) must be a multiple of "
                           f"'record_every' ({spec.record_every})")
     return spec
+
+
+_NOWCAST_FIELDS = ('ckpt', 'period')
+
+
+def _nowcast(v: Any, where: str) -> dict[str, Any]:
+    if not isinstance(v, dict) or sorted(v) != sorted(_NOWCAST_FIELDS):
+        raise ConfigError(f"{where}: field 'nowcast' must be a mapping with exactly {list(_NOWCAST_FIELDS)}, got {v!r}")
+    period = v['period']
+    if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+        raise ConfigError(f"{where}: field 'nowcast.period' must be a positive integer, got {period!r}")
+    if not isinstance(v['ckpt'], str) or not v['ckpt']:
+        raise ConfigError(f"{where}: field 'nowcast.ckpt' must be a checkpoint path, got {v['ckpt']!r}")
+    return {'ckpt': v['ckpt'], 'period': period}
 
 
 def _lr_range(v: Any, where: str) -> tuple[float, float]:
@@ -201,9 +221,13 @@ def read_config_file(path: str | Path) -> Any:
 
 
 def with_absolute_paths(spec: TaskSpec) -> TaskSpec:
-    """The spec with its dataset `root`/`path` (and a tokenizer folder) resolved against the working directory."""
+    """The spec with its dataset `root`/`path` (and a tokenizer folder) and its nowcaster checkpoint resolved
+    against the working directory."""
     dataset = dict(spec.dataset)
     for key in ('root', 'path', 'tokenizer', 'train_files', 'val_files', 'cache_dir'):
         if key in dataset and not (key == 'tokenizer' and dataset[key] in ('bytes', 'gpt2')):
             dataset[key] = str(Path(dataset[key]).expanduser().resolve())
-    return TaskSpec.from_dict({**spec.to_dict(), 'dataset': dataset})
+    d = {**spec.to_dict(), 'dataset': dataset}
+    if spec.nowcast:
+        d['nowcast'] = {**spec.nowcast, 'ckpt': str(Path(spec.nowcast['ckpt']).expanduser().resolve())}
+    return TaskSpec.from_dict(d)
