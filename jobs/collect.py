@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 
 from nino.graph import param_shapes
 from pipeline.data import load_dataset
 from pipeline.lease import LeaseError
-from pipeline.record import METRICS, record_trajectory
+from pipeline.record import METRICS, record_trajectory, with_nowcaster
 from pipeline.scheduler import remaining, run_per_trajectory, worker_host
 from pipeline.store import StoreError, TrajectoryStore
 from pipeline.tasks import ConfigError, TaskSpec, build_model, load_tasks, read_config_file, with_absolute_paths
@@ -65,13 +66,20 @@ def load_config(path: str | Path) -> tuple[dict[str, Any], list[TaskSpec]]:
 
 def prepared_spec(spec: TaskSpec, path: str | Path) -> TaskSpec:
     """The spec with absolute dataset paths, its data loaded once on the driver (missing files, corpora
-    too small for the context and split, a tokenizer larger than the model) before any Ray work;
+    too small for the context and split, a tokenizer larger than the model) and its nowcaster, if any,
+    set up on a fresh model (missing or bad checkpoint, period it cannot use) before any Ray work;
     errors name the config file and the task."""
     spec = with_absolute_paths(spec)
     try:
         load_dataset(spec.dataset, spec.arch.get('vocab_size'))
     except (ValueError, OSError) as err:
         raise ConfigError(f"{path}: task '{spec.name}': {err}") from None
+    if spec.nowcast:
+        try:
+            model = build_model(spec.arch)
+            with_nowcaster(spec, model, torch.optim.SGD(model.parameters(), lr=0.0))
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"{path}: task '{spec.name}': field 'nowcast': {err}") from None
     return spec
 
 

@@ -66,6 +66,14 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
     raise ValueError(f'unknown optimizer {name!r}')
 
 
+def with_nowcaster(spec: TaskSpec, model: nn.Module, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """`opt` wrapped in `nino.NiNo` as the spec's `nowcast` asks (unchanged without one). Raises OSError
+    for a missing checkpoint and ValueError for a bad one or a period its nowcaster cannot use."""
+    if not spec.nowcast:
+        return opt
+    return NiNo(opt, model, ckpt=spec.nowcast['ckpt'], period=spec.nowcast['period'], max_train_steps=spec.steps)
+
+
 def loss_and_correct(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, float]:
     """Mean cross-entropy and the fraction of correct predictions (tokens for language models)."""
     out = model(x)
@@ -128,10 +136,7 @@ def record_trajectory(spec: TaskSpec, index: int, sink: ChunkSink | None = None,
         torch.manual_seed(seed)
         model = build_model(spec.arch)
         model.train()
-        opt = make_optimizer(spec.optimizer, model.parameters(), lr, spec.weight_decay)
-        if spec.nowcast:
-            opt = NiNo(opt, model, ckpt=spec.nowcast['ckpt'], period=spec.nowcast['period'],
-                       max_train_steps=spec.steps)
+        opt = with_nowcaster(spec, model, make_optimizer(spec.optimizer, model.parameters(), lr, spec.weight_decay))
         gen = torch.Generator().manual_seed(seed)
         batch = spec.batch_size
         metrics[0, 2:] = evaluate(model, data, batch)

@@ -113,6 +113,16 @@ def test_trajectories_recorded_with_a_nowcaster_hold_its_nowcasts(tmp_path, monk
     assert jump > 5 * adam_step  # 20 states ahead, not one Adam step
 
 
+def test_a_nowcaster_that_cannot_run_is_named_before_any_work(tmp_path):
+    cfg = tmp_path / 'c.yaml'
+    ckpt = REPO / 'checkpoints' / 'digits-mlp-h64.safetensors'
+    for nowcast, message in [({'ckpt': str(tmp_path / 'missing.safetensors'), 'period': 60}, 'missing.safetensors'),
+                             ({'ckpt': str(ckpt), 'period': 62}, r'period \(62\) must be a positive multiple of ctx')]:
+        cfg.write_text(yaml.safe_dump({'tasks': [{'preset': 'digits-mlp', 'nowcast': nowcast}]}))
+        with pytest.raises(ConfigError, match=f"c.yaml: task 'digits-mlp': field 'nowcast': .*{message}"):
+            load_config(cfg)
+
+
 def test_a_tokenizer_larger_than_the_model_vocabulary_is_named_before_any_work(tmp_path, bpe_folder):
     from jobs.evaluate import load_eval_config
     from tests.conftest import TEXT
