@@ -95,7 +95,7 @@ def test_relative_dataset_and_tokenizer_paths_resolve_against_the_working_direct
         assert with_absolute_paths(load_tasks({'tasks': [entry]})[0]).dataset['tokenizer'] == name
 
 
-def test_trajectories_recorded_with_a_nowcaster_hold_its_nowcasts(tmp_path, monkeypatch):
+def test_trajectories_recorded_with_a_nowcaster_hold_its_nowcasts(monkeypatch):
     from pipeline.record import record_trajectory
     from pipeline.tasks import with_absolute_paths
     monkeypatch.chdir(REPO)

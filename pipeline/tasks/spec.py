@@ -92,11 +92,7 @@ def _build_spec(d: dict[str, Any], where: str) -> TaskSpec:
     values = dict(d)
     for name in _INT_FIELDS:
         if name in values:
-            v = values[name]
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ConfigError(f"{where}: field '{name}' must be an integer, got {v!r}")
-            if name in _POSITIVE and v < 1:
-                raise ConfigError(f"{where}: field '{name}' must be >= 1, got {v}")
+            _check_int(name, values[name], name in _POSITIVE, where)
     if not isinstance(values['arch'], dict) or 'type' not in values['arch']:
         raise ConfigError(f"{where}: field 'arch' must be a mapping with a 'type'")
     try:
@@ -132,12 +128,17 @@ _NOWCAST_FIELDS = ('ckpt', 'period')
 def _nowcast(v: Any, where: str) -> dict[str, Any]:
     if not isinstance(v, dict) or sorted(v) != sorted(_NOWCAST_FIELDS):
         raise ConfigError(f"{where}: field 'nowcast' must be a mapping with exactly {list(_NOWCAST_FIELDS)}, got {v!r}")
-    period = v['period']
-    if isinstance(period, bool) or not isinstance(period, int) or period < 1:
-        raise ConfigError(f"{where}: field 'nowcast.period' must be a positive integer, got {period!r}")
+    _check_int('nowcast.period', v['period'], True, where)
     if not isinstance(v['ckpt'], str) or not v['ckpt']:
         raise ConfigError(f"{where}: field 'nowcast.ckpt' must be a checkpoint path, got {v['ckpt']!r}")
-    return {'ckpt': v['ckpt'], 'period': period}
+    return {'ckpt': v['ckpt'], 'period': v['period']}
+
+
+def _check_int(name: str, v: Any, positive: bool, where: str) -> None:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"{where}: field '{name}' must be an integer, got {v!r}")
+    if positive and v < 1:
+        raise ConfigError(f"{where}: field '{name}' must be >= 1, got {v}")
 
 
 def _lr_range(v: Any, where: str) -> tuple[float, float]:
