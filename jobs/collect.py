@@ -13,13 +13,14 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import ray
 import torch
 
+from nino.checkpoint import file_sha256
 from nino.graph import param_shapes
 from pipeline.data import load_dataset
 from pipeline.lease import LeaseError
@@ -67,8 +68,8 @@ def load_config(path: str | Path) -> tuple[dict[str, Any], list[TaskSpec]]:
 def prepared_spec(spec: TaskSpec, path: str | Path) -> TaskSpec:
     """The spec with absolute dataset paths, its data loaded once on the driver (missing files, corpora
     too small for the context and split, a tokenizer larger than the model) and its nowcaster, if any,
-    set up on a fresh model (missing or bad checkpoint, period it cannot use) before any Ray work;
-    errors name the config file and the task."""
+    set up on a fresh model (missing or bad checkpoint, period it cannot use) before any Ray work and
+    its file's SHA-256 recorded as `nowcast.sha256`; errors name the config file and the task."""
     spec = with_absolute_paths(spec)
     try:
         load_dataset(spec.dataset, spec.arch.get('vocab_size'))
@@ -78,6 +79,7 @@ def prepared_spec(spec: TaskSpec, path: str | Path) -> TaskSpec:
         try:
             model = build_model(spec.arch)
             with_nowcaster(spec, model, torch.optim.SGD(model.parameters(), lr=0.0))
+            spec = replace(spec, nowcast={**spec.nowcast, 'sha256': file_sha256(spec.nowcast['ckpt'])})
         except (ValueError, OSError) as err:
             raise ConfigError(f"{path}: task '{spec.name}': field 'nowcast': {err}") from None
     return spec

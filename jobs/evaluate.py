@@ -53,6 +53,7 @@ from metatrain.evaluation import (
     run_curve,
     speedups,
 )
+from nino.checkpoint import file_sha256
 from pipeline.scheduler import describe_failure
 from pipeline.tasks import ConfigError, TaskSpec, expand_task, read_config_file
 from pipeline.watchdog import init_ray
@@ -171,7 +172,7 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
     out = Path(out)
     runs = out / 'runs'
     runs.mkdir(parents=True, exist_ok=True)
-    digests = {m: hashlib.sha256(Path(c).read_bytes()).hexdigest() if c else '' for m, c in methods.items()}
+    digests = {m: file_sha256(c) if c else '' for m, c in methods.items()}
     grid = [(spec, period, seed, m, run_file(spec, period, seed, m, digests[m]))
             for spec, period, _ in task_list for seed in range(seeds) for m in methods]
     todo = [g for g in grid if not (runs / g[4]).exists()]

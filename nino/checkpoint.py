@@ -71,6 +71,15 @@ def tensors_digest(tensors: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes: what names a checkpoint wherever it lies."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
 def save_nowcaster(model: Nowcaster, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Write a nowcaster in this project's format (safetensors + JSON config), atomically."""
     path = Path(path)

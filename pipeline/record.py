@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nino import NiNo
+from nino.checkpoint import file_sha256
 
 from .data import load_dataset
 from .tasks import TaskSpec, build_model
@@ -68,9 +69,15 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
 
 def with_nowcaster(spec: TaskSpec, model: nn.Module, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """`opt` wrapped in `nino.NiNo` as the spec's `nowcast` asks (unchanged without one). Raises OSError
-    for a missing checkpoint and ValueError for a bad one or a period its nowcaster cannot use."""
+    for a missing checkpoint and ValueError for a bad one, one whose bytes differ from the spec's
+    `sha256` (replaced since the collection began, or another file on this worker) or a period its
+    nowcaster cannot use."""
     if not spec.nowcast:
         return opt
+    expected = spec.nowcast.get('sha256')
+    if expected and (actual := file_sha256(spec.nowcast['ckpt'])) != expected:
+        raise ValueError(f"{spec.nowcast['ckpt']}: sha256 {actual[:12]}... differs from the task's "
+                         f"nowcast.sha256 {expected[:12]}... (the checkpoint changed since the collection began)")
     return NiNo(opt, model, ckpt=spec.nowcast['ckpt'], period=spec.nowcast['period'], max_train_steps=spec.steps)
 
 

@@ -135,8 +135,12 @@ def is_local_url(url: str) -> bool:
 
 
 def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
+    """What must match for a task group to be resumed: the spec less where its files lie (dataset
+    locations; a nowcaster's path when its SHA-256 names it)."""
     d = dict(spec)
     d['dataset'] = {k: v for k, v in d['dataset'].items() if k not in _LOCATION_FIELDS}
+    if 'sha256' in d.get('nowcast', {}):
+        d['nowcast'] = {k: v for k, v in d['nowcast'].items() if k != 'ckpt'}
     return d
 
 

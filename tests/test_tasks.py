@@ -57,6 +57,8 @@ def test_presets_cover_the_paper_tasks():
     (_fm(nowcast={'ckpt': 'n.safetensors'}), "'nowcast'"),
     (_fm(nowcast={'ckpt': 'n.safetensors', 'period': 0}), "'nowcast.period'"),
     (_fm(nowcast={'ckpt': '', 'period': 60}), "'nowcast.ckpt'"),
+    (_fm(nowcast={'ckpt': 'n.safetensors', 'period': 60, 'sha256': 'abc'}), "'nowcast.sha256'"),
+    (_fm(nowcast={'ckpt': 'n.safetensors', 'period': 60, 'every': 2}), "'nowcast'"),
 ])
 def test_malformed_task_names_the_field(entry, field):
     with pytest.raises(ConfigError, match=field):
@@ -121,6 +123,46 @@ def test_a_nowcaster_that_cannot_run_is_named_before_any_work(tmp_path):
         cfg.write_text(yaml.safe_dump({'tasks': [{'preset': 'digits-mlp', 'nowcast': nowcast}]}))
         with pytest.raises(ConfigError, match=f"c.yaml: task 'digits-mlp': field 'nowcast': .*{message}"):
             load_config(cfg)
+
+
+def test_a_nowcast_collection_is_named_by_its_checkpoint_bytes_not_its_path(tmp_path):
+    """A store compares a nowcaster by SHA-256: the same file elsewhere resumes, another file is refused,
+    and a checkpoint replaced under a running collection is caught where the trajectory is recorded."""
+    import shutil
+
+    from nino.checkpoint import file_sha256, load_nowcaster, save_nowcaster
+    from nino.graph import param_shapes
+    from pipeline.record import METRICS, with_nowcaster
+    from pipeline.store import StoreError, TrajectoryStore
+    shipped = REPO / 'checkpoints' / 'digits-mlp-h64.safetensors'
+    specs = {}
+    for name in ('a', 'b'):
+        (tmp_path / name).mkdir()
+        shutil.copy(shipped, tmp_path / name / 'nc.safetensors')
+        cfg = tmp_path / f'{name}.yaml'
+        entry = {'preset': 'digits-mlp', 'nowcast': {'ckpt': str(tmp_path / name / 'nc.safetensors'), 'period': 60}}
+        cfg.write_text(yaml.safe_dump({'tasks': [entry]}))
+        specs[name], = load_config(cfg)[1]
+    assert specs['a'].nowcast['sha256'] == specs['b'].nowcast['sha256'] == file_sha256(shipped)
+    store = TrajectoryStore(tmp_path / 's')
+    layout = param_shapes(build_model(specs['a'].arch))
+    store.ensure_group(specs['a'], layout, list(METRICS))
+    assert store.ensure_group(specs['b'], layout, list(METRICS)).spec == specs['a']  # moved, same bytes
+
+    other = load_nowcaster(shipped)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    save_nowcaster(other, tmp_path / 'b' / 'nc.safetensors')
+    changed, = load_config(tmp_path / 'b.yaml')[1]
+    with pytest.raises(StoreError, match="'digits-mlp' exists with another spec .*nowcast: stored"):
+        store.ensure_group(changed, layout, list(METRICS))
+    model = build_model(specs['b'].arch)
+    with pytest.raises(ValueError, match=r"nc.safetensors: sha256 .* differs from the task's nowcast.sha256"):
+        with_nowcaster(specs['b'], model, torch.optim.Adam(model.parameters()))
+    entry['nowcast']['sha256'] = specs['a'].nowcast['sha256']  # pinned in the config: checked up front
+    (tmp_path / 'b.yaml').write_text(yaml.safe_dump({'tasks': [entry]}))
+    with pytest.raises(ConfigError, match="b.yaml: task 'digits-mlp': field 'nowcast': .*differs"):
+        load_config(tmp_path / 'b.yaml')
 
 
 def test_a_tokenizer_larger_than_the_model_vocabulary_is_named_before_any_work(tmp_path, bpe_folder):

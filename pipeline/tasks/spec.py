@@ -11,6 +11,7 @@ alone and in any order.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,8 @@ class TaskSpec:
     seed: int = 0
     threads: int = 1  # torch threads per trajectory (and the Ray task's CPU request)
     target: dict[str, Any] = field(default_factory=dict)  # e.g. {'metric': 'val_acc', 'value': 0.8}
-    # record training *with* a nowcaster: {'ckpt': path, 'period': steps}; empty: the base optimizer alone
+    # record training *with* a nowcaster: {'ckpt': path, 'period': steps} and, once prepared for collection,
+    # 'sha256' of the checkpoint file (what a store compares, not the path); empty: the base optimizer alone
     nowcast: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -123,15 +125,19 @@ def _build_spec(d: dict[str, Any], where: str) -> TaskSpec:
 
 
 _NOWCAST_FIELDS = ('ckpt', 'period')
+_SHA256 = re.compile('[0-9a-f]{64}')
 
 
 def _nowcast(v: Any, where: str) -> dict[str, Any]:
-    if not isinstance(v, dict) or sorted(v) != sorted(_NOWCAST_FIELDS):
-        raise ConfigError(f"{where}: field 'nowcast' must be a mapping with exactly {list(_NOWCAST_FIELDS)}, got {v!r}")
+    if not isinstance(v, dict) or not set(_NOWCAST_FIELDS) <= set(v) <= {*_NOWCAST_FIELDS, 'sha256'}:
+        raise ConfigError(f"{where}: field 'nowcast' must be a mapping with {list(_NOWCAST_FIELDS)} "
+                          f"(and optionally 'sha256'), got {v!r}")
     _check_int('nowcast.period', v['period'], True, where)
     if not isinstance(v['ckpt'], str) or not v['ckpt']:
         raise ConfigError(f"{where}: field 'nowcast.ckpt' must be a checkpoint path, got {v['ckpt']!r}")
-    return {'ckpt': v['ckpt'], 'period': v['period']}
+    if 'sha256' in v and not (isinstance(v['sha256'], str) and _SHA256.fullmatch(v['sha256'])):
+        raise ConfigError(f"{where}: field 'nowcast.sha256' must be 64 lowercase hex digits, got {v['sha256']!r}")
+    return dict(v)
 
 
 def _check_int(name: str, v: Any, positive: bool, where: str) -> None:
