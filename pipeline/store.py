@@ -38,7 +38,7 @@ from .codecs import BytePlanesCodec, TimeDeltaCodec
 from .hub import HUB_PREFIX, HubStore, HubUnavailableError, parse_hub_url
 from .manifest import Manifest
 from .shards import ShardReader, fsspec_reader, local_reader
-from .tasks import TaskSpec, word_embedding_suffixes
+from .tasks import TaskSpec, dataset_locations, word_embedding_suffixes
 
 FORMAT = 'nino-trajectories'
 VERSION = 2  # written by default
@@ -68,8 +68,6 @@ WINDOW_STEP_HINT = 200
 #: embeddings of more than WTE_CHUNK_ROWS_MIN rows (fewer are read whole).
 WTE_CHUNK_ROWS = 64
 WTE_CHUNK_ROWS_MIN = 1024
-#: Dataset location fields: machine-specific, so not compared when a store is reopened.
-_LOCATION_FIELDS = ('root', 'path')
 
 
 class StoreError(ValueError):
@@ -135,10 +133,11 @@ def is_local_url(url: str) -> bool:
 
 
 def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
-    """What must match for a task group to be resumed: the spec less where its files lie (dataset
-    locations; a nowcaster's path when its SHA-256 names it)."""
+    """What must match for a task group to be resumed: the spec less where its files lie on this machine
+    (dataset paths; a nowcaster's path when its SHA-256 names it)."""
     d = dict(spec)
-    d['dataset'] = {k: v for k, v in d['dataset'].items() if k not in _LOCATION_FIELDS}
+    locations = dataset_locations(d['dataset'])
+    d['dataset'] = {k: v for k, v in d['dataset'].items() if k not in locations}
     if 'sha256' in d.get('nowcast', {}):
         d['nowcast'] = {k: v for k, v in d['nowcast'].items() if k != 'ckpt'}
     return d

@@ -49,6 +49,19 @@ def test_every_codec_is_lossless_bit_for_bit(tmp_path, codec):
     assert np.isnan(TrajectoryStore(tmp_path / 's', mode='r').group('toy').read_params(0)).all()
 
 
+def test_a_task_group_reopens_wherever_its_data_lies_and_refuses_other_data(tmp_path):
+    """Dataset paths (data, tokenizer folder, cache) are this machine's: another checkout resumes the
+    group; a tokenizer by name against a tokenizer folder, or another dataset, is another spec."""
+    store = TrajectoryStore(tmp_path / 's')
+    here = {'name': 'digits', 'root': '/a/data', 'cache_dir': '/a/cache', 'tokenizer': '/a/bpe'}
+    store.ensure_group(_spec(dataset=here), LAYOUT, list(METRICS))
+    there = {'name': 'digits', 'root': '/b/data', 'cache_dir': '/b/cache', 'tokenizer': '/b/bpe'}
+    assert store.ensure_group(_spec(dataset=there), LAYOUT, list(METRICS)).spec.dataset == here
+    for other in ({**there, 'tokenizer': 'bytes'}, {**there, 'name': 'fashion-mnist'}):
+        with pytest.raises(StoreError, match="'toy' exists with another spec .*dataset: stored"):
+            store.ensure_group(_spec(dataset=other), LAYOUT, list(METRICS))
+
+
 def test_chunks_hold_one_trajectory(tmp_path):
     spec = _spec(trajectories=2)
     group = TrajectoryStore(tmp_path / 's').ensure_group(spec, LAYOUT, list(METRICS))

@@ -5,8 +5,16 @@ from .arch import Architecture, architecture, build_model, register, word_embedd
 from .convnet import ConvNet
 from .mlp import MLP
 from .presets import PRESETS
-from .spec import ConfigError, TaskSpec, expand_task, load_tasks, read_config_file, with_absolute_paths
+from .spec import (
+           ConfigError,
+           TaskSpec,
+           dataset_locations,
+           expand_task,
+           load_tasks,
+           read_config_file,
+           with_absolute_paths,
+)
 
 __all__ = ['MLP', 'PRESETS', 'Architecture', 'ConfigError', 'ConvNet', 'TaskSpec', 'architecture', 'build_model',
-           'expand_task', 'load_tasks', 'read_config_file', 'register', 'with_absolute_paths',
+           'dataset_locations', 'expand_task', 'load_tasks', 'read_config_file', 'register', 'with_absolute_paths',
            'word_embedding_suffixes']

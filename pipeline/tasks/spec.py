@@ -227,13 +227,22 @@ def read_config_file(path: str | Path) -> Any:
         raise ConfigError(f'{path}: not valid YAML: {err}') from None
 
 
+_PATH_FIELDS = ('root', 'path', 'tokenizer', 'train_files', 'val_files', 'cache_dir')
+_TOKENIZER_NAMES = ('bytes', 'gpt2')
+
+
+def dataset_locations(dataset: dict[str, Any]) -> list[str]:
+    """The dataset fields that say where files lie (a tokenizer given by name is not one)."""
+    return [k for k in _PATH_FIELDS
+            if k in dataset and not (k == 'tokenizer' and dataset[k] in _TOKENIZER_NAMES)]
+
+
 def with_absolute_paths(spec: TaskSpec) -> TaskSpec:
     """The spec with its dataset `root`/`path` (and a tokenizer folder) and its nowcaster checkpoint resolved
     against the working directory."""
     dataset = dict(spec.dataset)
-    for key in ('root', 'path', 'tokenizer', 'train_files', 'val_files', 'cache_dir'):
-        if key in dataset and not (key == 'tokenizer' and dataset[key] in ('bytes', 'gpt2')):
-            dataset[key] = str(Path(dataset[key]).expanduser().resolve())
+    for key in dataset_locations(dataset):
+        dataset[key] = str(Path(dataset[key]).expanduser().resolve())
     d = {**spec.to_dict(), 'dataset': dataset}
     if spec.nowcast:
         d['nowcast'] = {**spec.nowcast, 'ckpt': str(Path(spec.nowcast['ckpt']).expanduser().resolve())}
