@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from nino.checkpoint import save_nowcaster
+from nino.checkpoint import load_nowcaster, save_nowcaster
 from nino.config import parse_number
 from nino.model import NiNoConfig, Nowcaster, build_nowcaster
 from pipeline.loader import WindowBatch, WindowConfig, WindowStream, window_loader
@@ -77,6 +77,9 @@ class TrainConfig:
     max_nan_in_row: int = 10
     model: dict[str, Any] = field(default_factory=dict)  # NiNoConfig fields
     window: dict[str, Any] = field(default_factory=dict)  # WindowConfig fields
+    # start from this nowcaster's weights (a .safetensors of this project or a published .pt) instead of a
+    # random init, e.g. to fine-tune a published nowcaster on new trajectories; its config must be the run's
+    init: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -289,6 +292,21 @@ def _stretch_cosine(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, steps
     scheduler._last_lr = [group['lr'] for group in scheduler.optimizer.param_groups]
 
 
+def load_init(model: Nowcaster, cfg: TrainConfig) -> None:
+    """Copy `cfg.init`'s weights into the run's freshly built nowcaster; a checkpoint whose config
+    differs from the run's (a hidden size, the number of targets) is named field by field."""
+    try:
+        source = load_nowcaster(cfg.init)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"training config field 'init': {err}") from None
+    own, theirs = cfg.nowcaster_config().to_dict(), source.config.to_dict()
+    diff = [f'{k}: run {own[k]!r} vs checkpoint {theirs.get(k)!r}' for k in own if own[k] != theirs.get(k)]
+    if diff:
+        raise ValueError(f"training config field 'init': {cfg.init} is another nowcaster ({'; '.join(diff)}); "
+                         f"set the run's model and window fields to match it")
+    model.load_state_dict(source.state_dict())
+
+
 def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) meta-training; returns a summary (final step, losses, validation)."""
     rank, world = _rank_world()
@@ -321,6 +339,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     if cfg.amp == 'fp16' and torch.device(cfg.device).type != 'cuda':
         raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' on CPU")
     step, position, recovery = 0, 0, Recovery()
+    if state is None and cfg.init:
+        load_init(model, cfg)
     if state is not None:
         model.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])

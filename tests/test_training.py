@@ -144,6 +144,24 @@ def test_resume_with_more_steps_stretches_the_cosine(small_store, tmp_path):
     assert lrs[10] == pytest.approx(cfg.min_lr)  # the first run ended its own cosine
 
 
+def test_init_starts_from_a_nowcasters_weights_and_names_a_mismatch(small_store, tmp_path):
+    """`init` fine-tunes an exported nowcaster: one Adam step at lr 1e-4 moves no weight by more than
+    ~1e-4 from it (a random init is far away); another architecture or a missing file is named."""
+    train(_cfg(small_store, tmp_path / 'a', steps=10), progress=False)
+    start = load_nowcaster(tmp_path / 'a' / 'nowcaster.safetensors').state_dict()
+    init = str(tmp_path / 'a' / 'nowcaster.safetensors')
+    for name, over in (('tuned', {'init': init}), ('fresh', {})):
+        train(_cfg(small_store, tmp_path / name, steps=1, lr=1e-4, seed=1, **over), progress=False)
+    moved = {name: max(float((w - start[k]).abs().max()) for k, w in
+                       load_nowcaster(tmp_path / name / 'nowcaster.safetensors').state_dict().items())
+             for name in ('tuned', 'fresh')}
+    assert 0 < moved['tuned'] < 1.1e-4 and moved['fresh'] > 0.05
+    with pytest.raises(ValueError, match=r"field 'init': .* is another nowcaster \(hid: run 16 vs checkpoint 32"):
+        train(_cfg(small_store, tmp_path / 'c', steps=1, init=init, model=dict(hid=16, layers=2)), progress=False)
+    with pytest.raises(ValueError, match="field 'init': no nowcaster checkpoint at .*missing.safetensors"):
+        train(_cfg(small_store, tmp_path / 'd', steps=1, init=str(tmp_path / 'missing.safetensors')), progress=False)
+
+
 def test_bf16_autocast_on_cpu(small_store, tmp_path):
     summary = train(_cfg(small_store, tmp_path / 'run', steps=5, amp='bf16'), progress=False)
     fp32 = train(_cfg(small_store, tmp_path / 'run32', steps=5), progress=False)
