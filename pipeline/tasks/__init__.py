@@ -6,13 +6,13 @@ from .convnet import ConvNet
 from .mlp import MLP
 from .presets import PRESETS
 from .spec import (
-           ConfigError,
-           TaskSpec,
-           dataset_locations,
-           expand_task,
-           load_tasks,
-           read_config_file,
-           with_absolute_paths,
+    ConfigError,
+    TaskSpec,
+    dataset_locations,
+    expand_task,
+    load_tasks,
+    read_config_file,
+    with_absolute_paths,
 )
 
 __all__ = ['MLP', 'PRESETS', 'Architecture', 'ConfigError', 'ConvNet', 'TaskSpec', 'architecture', 'build_model',
