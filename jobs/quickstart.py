@@ -3,8 +3,9 @@
 On a local Ray cluster, with data that ships with scikit-learn (no download):
 1. collect 32 trajectories of small MLPs on 8x8 digits into runs/quickstart/store;
 2. meta-train a small NiNo on them (bf16 autocast, checkpoints) into runs/quickstart/nowcaster;
-3. evaluate it, and the nowcaster this project ships for this task (`checkpoints/digits-mlp-h64`,
-   the same recipe), against Adam and linear extrapolation on held-out seeds and a held-out width,
+3. evaluate it, and the nowcasters this project ships for this task (`checkpoints/digits-mlp-h64`,
+   the same recipe, and `checkpoints/digits-mlp-nino-ft`, the paper's nowcaster fine-tuned on such
+   trajectories), against Adam and linear extrapolation on held-out seeds and a held-out width,
    alone and guarded (`nino.NiNo(guard=..., guard_delay=20)`: a nowcast whose loss on 4 training
    batches is not lower 20 steps later is rolled back), print the table and write the plots to
    runs/quickstart/eval.
@@ -28,7 +29,8 @@ from .collect import collect
 from .evaluate import evaluate
 
 CONFIGS = Path(__file__).resolve().parent / 'configs'
-SHIPPED = Path(__file__).resolve().parents[1] / 'checkpoints' / 'digits-mlp-h64.safetensors'
+SHIPPED = [Path(__file__).resolve().parents[1] / 'checkpoints' / f'{name}.safetensors'
+           for name in ('digits-mlp-h64', 'digits-mlp-nino-ft')]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(no-change prediction: {summary['val_l1_no_change']:.4f})")
 
         print('\n== 3/3 evaluating against Adam (held-out seeds and width) ==', flush=True)
-        nowcasters = [str(out / 'nowcaster' / 'nowcaster.safetensors')] + ([str(SHIPPED)] if SHIPPED.is_file() else [])
+        nowcasters = [str(out / 'nowcaster' / 'nowcaster.safetensors')] + [str(p) for p in SHIPPED if p.is_file()]
         _, table = evaluate(CONFIGS / 'quickstart-eval.yaml', out / 'eval', nowcasters, guard=4, guard_delay=20)
     finally:
         ray.shutdown()
