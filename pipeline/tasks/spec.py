@@ -238,8 +238,8 @@ def dataset_locations(dataset: dict[str, Any]) -> list[str]:
 
 
 def with_absolute_paths(spec: TaskSpec) -> TaskSpec:
-    """The spec with its dataset `root`/`path` (and a tokenizer folder) and its nowcaster checkpoint resolved
-    against the working directory."""
+    """The spec with its dataset paths (`dataset_locations`) and its nowcaster checkpoint resolved against
+    the working directory."""
     dataset = dict(spec.dataset)
     for key in dataset_locations(dataset):
         dataset[key] = str(Path(dataset[key]).expanduser().resolve())
