@@ -47,7 +47,7 @@ class TrainingDiverged(RuntimeError):
 #: Smallest value each numeric training field accepts (0 for val_every means "at the end only").
 _LOWER_BOUNDS = dict(steps=1, holdout=0, lr=0.0, min_lr=0.0, weight_decay=0.0, grad_clip=0.0, num_workers=0,
                      ckpt_every=1, keep_last=1, log_every=1, val_every=0, val_batches=1, nan_patience=1,
-                     max_nan_in_row=1)
+                     max_nan_in_row=1, horizon_power=0.0)
 
 
 @dataclass
@@ -80,6 +80,9 @@ class TrainConfig:
     # start from this nowcaster's weights (a .safetensors of this project or a published .pt) instead of a
     # random init, e.g. to fine-tune a published nowcaster on new trajectories; its config must be the run's
     init: str | None = None
+    # training loss weight of horizon j (1..seq_len) is (j / seq_len) ** horizon_power: 0 weighs every target
+    # alike; above 0 favours the far targets, which the first nowcasts of a run use (k decays from seq_len)
+    horizon_power: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -162,17 +165,22 @@ def target_l1(rows: torch.Tensor, batch: WindowBatch, targets: torch.Tensor) -> 
 class _GatheredL1(torch.autograd.Function):
     """`target_l1(values[index], ...)` in fewer passes over the (Q, seq_len) targets: the rows are
     gathered and compared in one go, the gradient's sign kept from the forward pass, and the
-    backward writes each row's gradient once (`index` holds no row twice) instead of adding it."""
+    backward writes each row's gradient once (`index` holds no row twice) instead of adding it.
+    With `weights` (seq_len,), the weighted mean over horizons instead."""
 
     @staticmethod
     def forward(ctx, values: torch.Tensor, index: torch.Tensor, targets: torch.Tensor,
-                padding: list[tuple[int, int, int]]) -> torch.Tensor:
+                padding: list[tuple[int, int, int]], weights: torch.Tensor | None) -> torch.Tensor:
         diff = torch.sub(values.index_select(0, index), targets)  # float32 (targets are)
-        count = diff.numel()
+        count = diff.numel() if weights is None else diff.shape[0] * float(weights.sum())
         for q0, q1, n in padding:
             diff[q0:q1, n:] = 0
-            count -= (q1 - q0) * (diff.shape[1] - n)
-        ctx.save_for_backward(index, diff.sign().to(values.dtype))
+            count -= (q1 - q0) * (diff.shape[1] - n if weights is None else float(weights[n:].sum()))
+        sign = diff.sign()
+        if weights is not None:  # the gradient of |w * diff| is w * sign(diff)
+            diff.mul_(weights)
+            sign.mul_(weights)
+        ctx.save_for_backward(index, sign.to(values.dtype))
         ctx.shape, ctx.count = values.shape, count
         return diff.abs_().sum() / count
 
@@ -180,7 +188,14 @@ class _GatheredL1(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         index, sign = ctx.saved_tensors
         rows = sign * (grad / ctx.count).to(sign.dtype)
-        return sign.new_zeros(ctx.shape).index_copy_(0, index, rows), None, None, None
+        return sign.new_zeros(ctx.shape).index_copy_(0, index, rows), None, None, None, None
+
+
+def horizon_weights(seq_len: int, power: float) -> torch.Tensor | None:
+    """Training loss weights of the horizons 1..seq_len, (j / seq_len) ** power; None for power 0 (all equal)."""
+    if power == 0:
+        return None
+    return (torch.arange(1, seq_len + 1, dtype=torch.float32) / seq_len) ** power
 
 
 def change_targets(batch: WindowBatch, ctx: int) -> torch.Tensor:
@@ -193,11 +208,12 @@ def forward(model: torch.nn.Module, batch: WindowBatch) -> torch.Tensor:
     return model(batch.edge_attr, batch.edge_type, batch.edge_index, batch.pos, batch.pos_w, add_last=False)
 
 
-def window_l1(delta: torch.Tensor, batch: WindowBatch, ctx: int) -> torch.Tensor:
+def window_l1(delta: torch.Tensor, batch: WindowBatch, ctx: int, weights: torch.Tensor | None = None) -> torch.Tensor:
     """The training loss: L1 of the predicted states at every target (prediction = last state + change;
-    the last state cancels, so it is taken from the targets instead of added to every prediction)."""
+    the last state cancels, so it is taken from the targets instead of added to every prediction);
+    with `weights` (seq_len,), each horizon's errors weighted so (see `horizon_weights`)."""
     values = delta.reshape(-1, delta.shape[-1])
-    return _GatheredL1.apply(values, batch.y_slot, change_targets(batch, ctx), _padding(batch))
+    return _GatheredL1.apply(values, batch.y_slot, change_targets(batch, ctx), _padding(batch), weights)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -410,6 +426,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
 
     last_good = snapshot()
     ctx = cfg.window_config().ctx
+    weights = horizon_weights(cfg.window_config().seq_len, cfg.horizon_power)
+    if weights is not None:
+        weights = weights.to(cfg.device)
     losses: list[float] = []
     damaged = 0
     val = (math.nan, math.nan)
@@ -426,7 +445,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                 print(f'skipped a damaged read: {problem}')
 
             with _autocast(cfg):
-                loss = window_l1(forward(model, batch), batch, ctx)
+                loss = window_l1(forward(model, batch), batch, ctx, weights)
             optimizer.zero_grad(set_to_none=True)
             finite = torch.isfinite(loss)
             if bool(finite):

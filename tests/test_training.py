@@ -299,8 +299,9 @@ def test_a_damaged_chunk_is_skipped_named_and_counted(small_store, tmp_path):
 def test_loss_equals_the_papers_masked_edge_space_l1(small_store):
     """Same weights, same windows: the parameter-space loss equals the reference formulation (targets
     and mask in edge space, prediction = last state + change) to float tolerance, padding included;
-    the fused loss has exactly the value and gradients of autograd through the plain one."""
-    from metatrain.training import change_targets, forward, target_l1, window_l1
+    the fused loss has exactly the value and gradients of autograd through the plain one, and so has its
+    horizon-weighted form to float tolerance."""
+    from metatrain.training import change_targets, forward, horizon_weights, target_l1, window_l1
     from nino.graph import EdgeType, build_graph
     from nino.model import NiNoConfig, build_nowcaster
     from pipeline.loader import WindowConfig, WindowStream
@@ -335,6 +336,19 @@ def test_loss_equals_the_papers_masked_edge_space_l1(small_store):
         plain = target_l1(batch.at_targets(delta), batch, change_targets(batch, cfg.ctx))
         grads = [torch.autograd.grad(loss, list(model.parameters())) for loss in (ours, plain)]
         assert torch.equal(ours, plain) and all(torch.equal(a, b) for a, b in zip(*grads)), b
+        # weighted by horizon: the weighted mean over the targets each window has, with autograd's gradient
+        weights = horizon_weights(cfg.seq_len, 2.0)
+        delta = forward(model, batch)
+        fused = window_l1(delta, batch, cfg.ctx, weights)
+        errors = (batch.at_targets(delta) - change_targets(batch, cfg.ctx)).abs()
+        valid = torch.zeros_like(errors, dtype=torch.bool)
+        for q0, q1, n in zip(batch.y_ptr[:-1].tolist(), batch.y_ptr[1:].tolist(), batch.y_len.tolist()):
+            valid[q0:q1, :n] = True
+        w = weights.expand_as(errors)
+        reference = (errors * w)[valid].sum() / w[valid].sum()
+        grads = [torch.autograd.grad(loss, list(model.parameters()), retain_graph=True) for loss in (fused, reference)]
+        assert torch.allclose(fused, reference, rtol=1e-5), (b, float(fused), float(reference))
+        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-9) for a, b in zip(*grads)), b
     assert short > 0  # the padding case was exercised
 
 
