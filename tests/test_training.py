@@ -247,6 +247,7 @@ def test_holdout_that_leaves_no_training_data_is_refused(small_store, tmp_path):
     ('val_every', -1, "'val_every' must be >= 0"), ('val_batches', 0, "'val_batches' must be >= 1"),
     ('keep_last', 0, "'keep_last' must be >= 1"), ('holdout', -1, "'holdout' must be >= 0"),
     ('lr', -1e-3, "'lr' must be >= 0.0"), ('nan_lr_factor', 0, "'nan_lr_factor' must be in (0, 1]"),
+    ('horizon_power', -1, "'horizon_power' must be >= 0.0"),
     ('window', {'stepp': 8}, "unknown field(s) ['stepp'] under 'window'"),
     ('model', {'hidden': 8}, "unknown nowcaster config fields: ['hidden']"),
     ('window', 'big', "'window' must be a mapping"),
