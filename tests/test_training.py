@@ -162,6 +162,16 @@ def test_init_starts_from_a_nowcasters_weights_and_names_a_mismatch(small_store,
         train(_cfg(small_store, tmp_path / 'd', steps=1, init=str(tmp_path / 'missing.safetensors')), progress=False)
 
 
+def test_horizon_power_weighs_the_runs_loss_and_a_resume_must_keep_it(small_store, tmp_path):
+    """Same seed and batches: a run with horizon_power has other losses than one without (the far horizons
+    weigh more); resuming it with another horizon_power is refused, naming the field."""
+    plain = train(_cfg(small_store, tmp_path / 'plain', steps=2), progress=False)
+    weighted = train(_cfg(small_store, tmp_path / 'far', steps=2, horizon_power=2), progress=False)
+    assert np.isfinite(weighted['losses']).all() and weighted['losses'][0] != plain['losses'][0]
+    with pytest.raises(ValueError, match=re.escape("config differs in ['horizon_power']")):
+        train(_cfg(small_store, tmp_path / 'far', steps=3, horizon_power=4), resume='auto', progress=False)
+
+
 def test_bf16_autocast_on_cpu(small_store, tmp_path):
     summary = train(_cfg(small_store, tmp_path / 'run', steps=5, amp='bf16'), progress=False)
     fp32 = train(_cfg(small_store, tmp_path / 'run32', steps=5), progress=False)
