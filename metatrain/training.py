@@ -172,10 +172,13 @@ class _GatheredL1(torch.autograd.Function):
     def forward(ctx, values: torch.Tensor, index: torch.Tensor, targets: torch.Tensor,
                 padding: list[tuple[int, int, int]], weights: torch.Tensor | None) -> torch.Tensor:
         diff = torch.sub(values.index_select(0, index), targets)  # float32 (targets are)
-        count = diff.numel() if weights is None else diff.shape[0] * float(weights.sum())
+        # weight of the horizons n.. of a row, for every n (one read of the weights, not one per padded window)
+        tail = list(range(diff.shape[1], -1, -1)) if weights is None else \
+            weights.flip(0).cumsum(0).flip(0).tolist() + [0.0]
+        count = diff.shape[0] * tail[0]
         for q0, q1, n in padding:
             diff[q0:q1, n:] = 0
-            count -= (q1 - q0) * (diff.shape[1] - n if weights is None else float(weights[n:].sum()))
+            count -= (q1 - q0) * tail[n]
         sign = diff.sign()
         if weights is not None:  # the gradient of |w * diff| is w * sign(diff)
             diff.mul_(weights)
@@ -191,11 +194,11 @@ class _GatheredL1(torch.autograd.Function):
         return sign.new_zeros(ctx.shape).index_copy_(0, index, rows), None, None, None, None
 
 
-def horizon_weights(seq_len: int, power: float) -> torch.Tensor | None:
+def horizon_weights(seq_len: int, power: float, device: str | torch.device = 'cpu') -> torch.Tensor | None:
     """Training loss weights of the horizons 1..seq_len, (j / seq_len) ** power; None for power 0 (all equal)."""
     if power == 0:
         return None
-    return (torch.arange(1, seq_len + 1, dtype=torch.float32) / seq_len) ** power
+    return (torch.arange(1, seq_len + 1, dtype=torch.float32, device=device) / seq_len) ** power
 
 
 def change_targets(batch: WindowBatch, ctx: int) -> torch.Tensor:
@@ -425,10 +428,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                 'optimizer': copy.deepcopy(optimizer.state_dict())}
 
     last_good = snapshot()
-    ctx = cfg.window_config().ctx
-    weights = horizon_weights(cfg.window_config().seq_len, cfg.horizon_power)
-    if weights is not None:
-        weights = weights.to(cfg.device)
+    window = cfg.window_config()
+    ctx = window.ctx
+    weights = horizon_weights(window.seq_len, cfg.horizon_power, cfg.device)
     losses: list[float] = []
     damaged = 0
     val = (math.nan, math.nan)
