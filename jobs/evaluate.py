@@ -5,14 +5,17 @@ For every (task, seed, method) one Ray task trains the task from that seed: with
 optimizer alone ('adam'), with each nowcaster checkpoint (named after its file), and with the
 linear-extrapolation baseline ('linear'); same initial weights and batches for all methods.
 Each finished run is saved under OUT/runs/ and skipped by a rerun; its file name carries a digest of
-the task spec, the period and the checkpoint's bytes, so a changed config or a retrained checkpoint
-is run again rather than read stale. `--period N` overrides every task's period; `--guard N` adds each
-nowcaster guarded (`nino.NiNo(guard=...)`, scoring N training batches; method NAME+guardN, with
-`--guard-delay D` judged D steps after the nowcast: NAME+guardNdD). `--upd-scale`, `--k-power` and
-`--k-max` take comma-separated values and run each nowcaster with every combination (NiNo's
-`upd_scale`, `k_power`, `k_max`; methods NAME+uS+pP+kK, defaults left out of the name; see
-`metatrain.evaluation.MethodOptions`). Outputs in OUT: curves.json, curves.csv, summary.md (the speedup
-table, then steps to target and final metric per seed), speedups.csv, curves_<task>.png, speedup.png.
+the task spec, the period (nowcasting methods only) and the checkpoint's bytes, so a changed config
+or a retrained checkpoint is run again rather than read stale. `--period N` overrides every task's
+period; `--guard N` adds each nowcaster guarded (`nino.NiNo(guard=...)`, scoring N training batches;
+method NAME+guardN, with `--guard-delay D` judged D steps after the nowcast: NAME+guardNdD).
+`--upd-scale`, `--k-power` and `--k-max` take comma-separated values and run each nowcaster with
+every combination (NiNo's `upd_scale`, `k_power`, `k_max`; methods NAME+uS+pP+kK, defaults left out
+of the name; see `metatrain.evaluation.MethodOptions`). Seeds are 1000, 1001, ...; `--seed-offset N`
+starts them at 1000 + N, so settings chosen on the first seeds can be confirmed on fresh ones (runs
+of a seed already in OUT are reused whatever the offset). Outputs in OUT: curves.json, curves.csv,
+summary.md (the speedup table, then steps to target and final metric per seed), speedups.csv,
+curves_<task>.png, speedup.png.
 
 The config lists tasks (task-spec entries, as in collection configs) with a `target` value per
 task and an optional `period` (steps between nowcasts, default 1000), e.g.
@@ -91,9 +94,15 @@ def load_eval_config(path: str | Path) -> tuple[dict[str, Any], list[tuple[TaskS
     return cfg, out
 
 
+EVAL_SEED = 1000  # the first evaluation seed; collections use seeds well below it
+
+
 def run_file(spec: TaskSpec, period: int, seed: int, method: str, ckpt_digest: str) -> str:
-    """File name of one finished run: readable prefix and a digest of everything that defines the run."""
-    key = hashlib.sha256(json.dumps([spec.to_dict(), period, ckpt_digest], sort_keys=True).encode())
+    """File name of one finished run (`seed` counted from EVAL_SEED): readable prefix and a digest of
+    everything that defines the run (not the period for the base optimizer alone, which never nowcasts,
+    so one Adam run serves evaluations at every period)."""
+    key = hashlib.sha256(json.dumps([spec.to_dict(), None if method == BASE else period, ckpt_digest],
+                                    sort_keys=True).encode())
     return f'{spec.name}-s{seed}-{method}-{key.hexdigest()[:10]}.json'
 
 
@@ -129,10 +138,11 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
              tasks: list[str] | None = None, address: str | None = None, baselines: bool = True,
              progress: bool = True, period: int | None = None, guard: int = 0,
              guard_delay: int = 0, upd_scales: list[float] | None = None, k_powers: list[float] | None = None,
-             k_maxes: list[int | None] | None = None) -> tuple[list[Curve], str]:
+             k_maxes: list[int | None] | None = None, seed_offset: int = 0) -> tuple[list[Curve], str]:
     """Run (or finish) the evaluation grid; write outputs; return the curves and the table. Each
     nowcaster runs with every combination of `upd_scales`, `k_powers` and `k_maxes` (default: the
-    paper's 1, 2 and the nowcaster's seq_len), and guarded as well with `guard` > 0."""
+    paper's 1, 2 and the nowcaster's seq_len), and guarded as well with `guard` > 0. The seeds are
+    `EVAL_SEED + seed_offset` onwards."""
     cfg, task_list = load_eval_config(config)
     if period is not None:
         if period < 1:
@@ -145,6 +155,8 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
             raise ConfigError(f'{config}: tasks {missing} are not in the config (have {known})')
         task_list = [t for t in task_list if t[0].name in tasks]
     seeds = seeds or int(cfg.get('seeds', 3))
+    if seed_offset < 0:
+        raise ConfigError(f'--seed-offset must be 0 or more, got {seed_offset}')
     for value in upd_scales or []:
         if not value > 0:
             raise ConfigError(f'--upd-scale values must be positive, got {value}')
@@ -174,12 +186,12 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
     runs.mkdir(parents=True, exist_ok=True)
     digests = {m: file_sha256(c) if c else '' for m, c in methods.items()}
     grid = [(spec, period, seed, m, run_file(spec, period, seed, m, digests[m]))
-            for spec, period, _ in task_list for seed in range(seeds) for m in methods]
+            for spec, period, _ in task_list for seed in range(seed_offset, seed_offset + seeds) for m in methods]
     todo = [g for g in grid if not (runs / g[4]).exists()]
     if todo:
         if not ray.is_initialized():
             init_ray(address)
-        pending = {_run_remote.remote(spec.to_dict(), 1000 + seed, m, methods[m], period): name
+        pending = {_run_remote.remote(spec.to_dict(), EVAL_SEED + seed, m, methods[m], period): name
                    for spec, period, seed, m, name in todo}
         with tqdm(total=len(grid), initial=len(grid) - len(todo), desc='evaluation runs', disable=not progress) as bar:
             while pending:
@@ -217,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--nino', default='', help='comma-separated nowcaster checkpoints')
     parser.add_argument('--tasks', default=None, help='comma-separated task names from the config')
     parser.add_argument('--seeds', type=int, default=None)
+    parser.add_argument('--seed-offset', type=int, default=0, help=f'start the seeds at {EVAL_SEED} + this '
+                                                                   '(fresh seeds to confirm chosen settings)')
     parser.add_argument('--out', required=True, help='output folder')
     parser.add_argument('--address', default=None, help='Ray cluster address (default: local)')
     parser.add_argument('--no-baselines', action='store_true', help='skip the linear-extrapolation baseline')
@@ -239,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         _, table = evaluate(args.config, args.out, [c for c in args.nino.split(',') if c], args.seeds,
                             args.tasks.split(',') if args.tasks else None,
                             args.address or os.environ.get('RAY_ADDRESS'), not args.no_baselines,
-                            period=args.period, guard=args.guard, guard_delay=args.guard_delay, **options)
+                            period=args.period, guard=args.guard, guard_delay=args.guard_delay,
+                            seed_offset=args.seed_offset, **options)
     except ConfigError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

@@ -158,7 +158,10 @@ def test_evaluate_job_writes_outputs_and_resumes(tmp_path):
         curves, table = evaluate(config, out, [str(ckpt)], progress=False)
         stamps = {p.name: p.stat().st_mtime_ns for p in (out / 'runs').iterdir()}
         again, table2 = evaluate(config, out, [str(ckpt)], progress=False)
+        second_seed, _ = evaluate(config, out, [str(ckpt)], seeds=1, seed_offset=1, progress=False)
         assert {p.name: p.stat().st_mtime_ns for p in (out / 'runs').iterdir()} == stamps
+        fresh_seed, _ = evaluate(config, out, [str(ckpt)], seeds=1, seed_offset=2, progress=False, baselines=False)
+        stamps = {p.name: p.stat().st_mtime_ns for p in (out / 'runs').iterdir()}
         other_period, _ = evaluate(config, out, [str(ckpt)], progress=False, period=25, baselines=False)
         save_nowcaster(build_nowcaster(NiNoConfig(gnn=False, hid=8, seq_len=10)), ckpt)  # retrained
         retrained, _ = evaluate(config, out, [str(ckpt)], progress=False, period=25, baselines=False)
@@ -167,10 +170,14 @@ def test_evaluate_job_writes_outputs_and_resumes(tmp_path):
     finally:
         ray.shutdown()
     assert len(curves) == 2 * 2 * 3 and table2 == table
+    assert [(c.seed, c.values) for c in second_seed] == [(c.seed, c.values) for c in curves if c.seed == 1001]
+    assert {c.seed for c in fresh_seed} == {1002} and len(fresh_seed) == 2 * 2
+    assert all(c.values != d.values for c in fresh_seed for d in curves if (c.task, c.method, d.seed) ==
+               (d.task, d.method, 1001))  # a new seed, not a reread of seed 1001's runs
     assert {c.nowcast_steps[0] for c in curves if c.method == 'tiny'} == {50}
     assert {c.nowcast_steps[0] for c in other_period if c.method == 'tiny'} == {25}  # not the stale period-50 runs
     new = {p.name for p in (out / 'runs').iterdir()} - set(stamps)
-    assert len(new) == 2 * 2 * 2 + 2 * 2 + 2 * 2  # period 25: adam + tiny; the retrained tiny; tiny+u0.5
+    assert len(new) == 2 * 2 + 2 * 2 + 2 * 2  # period 25: tiny (adam's runs serve every period); retrained; +u0.5
     assert {c.method for c in scaled} == {'adam', 'tiny', 'tiny+u0.5'}  # values: test_the_method_name_sets_...
     assert [c.values for c in retrained if c.method == 'adam'] == [c.values for c in other_period if c.method == 'adam']
     assert {c.method for c in curves} == {'adam', 'tiny', 'linear'}
@@ -216,6 +223,7 @@ def test_evaluate_config_errors_name_the_field(tmp_path, task, message):
     (['--upd-scale', '1,x'], "--upd-scale: expected comma-separated numbers, got '1,x'"),
     (['--upd-scale', '0'], '--upd-scale values must be positive, got 0.0'),
     (['--k-max', '0'], '--k-max values must be positive horizons, got 0'),
+    (['--seed-offset', '-1'], '--seed-offset must be 0 or more, got -1'),
     (['--nino', 'ours+v2.safetensors'], "'+' separates method options, rename the file"),
 ])
 def test_evaluate_option_errors_name_the_flag(tmp_path, capsys, flags, message):
