@@ -11,7 +11,8 @@ period; `--guard N` adds each nowcaster guarded (`nino.NiNo(guard=...)`, scoring
 method NAME+guardN, with `--guard-delay D` judged D steps after the nowcast: NAME+guardNdD).
 `--upd-scale`, `--k-power` and `--k-max` take comma-separated values and run each nowcaster with
 every combination (NiNo's `upd_scale`, `k_power`, `k_max`; methods NAME+uS+pP+kK, defaults left out
-of the name; see `metatrain.evaluation.MethodOptions`). Seeds are 1000, 1001, ...; `--seed-offset N`
+of the name; see `metatrain.evaluation.MethodOptions`); `--record-initial` adds each with NiNo's
+`record_initial` (NAME+init). Seeds are 1000, 1001, ...; `--seed-offset N`
 starts them at 1000 + N, so settings chosen on the first seeds can be confirmed on fresh ones (runs
 of a seed already in OUT are reused whatever the offset). Outputs in OUT: curves.json, curves.csv,
 summary.md (the speedup table, then steps to target and final metric per seed), speedups.csv,
@@ -138,10 +139,12 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
              tasks: list[str] | None = None, address: str | None = None, baselines: bool = True,
              progress: bool = True, period: int | None = None, guard: int = 0,
              guard_delay: int = 0, upd_scales: list[float] | None = None, k_powers: list[float] | None = None,
-             k_maxes: list[int | None] | None = None, seed_offset: int = 0) -> tuple[list[Curve], str]:
+             k_maxes: list[int | None] | None = None, seed_offset: int = 0,
+             record_initial: bool = False) -> tuple[list[Curve], str]:
     """Run (or finish) the evaluation grid; write outputs; return the curves and the table. Each
     nowcaster runs with every combination of `upd_scales`, `k_powers` and `k_maxes` (default: the
-    paper's 1, 2 and the nowcaster's seq_len), and guarded as well with `guard` > 0. The seeds are
+    paper's 1, 2 and the nowcaster's seq_len), and guarded as well with `guard` > 0; with
+    `record_initial` each also with its states recorded from the initial one on. The seeds are
     `EVAL_SEED + seed_offset` onwards."""
     cfg, task_list = load_eval_config(config)
     if period is not None:
@@ -172,8 +175,9 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
             raise ConfigError(f'two nowcasters named {name!r}: rename one of the files')
         if not Path(ckpt).is_file():
             raise ConfigError(f'nowcaster checkpoint not found: {ckpt}')
-        for u, p, k in itertools.product(upd_scales or [1.0], k_powers or [2.0], k_maxes or [None]):
-            options = MethodOptions(name, upd_scale=u, k_power=p, k_max=k)
+        for u, p, k, init in itertools.product(upd_scales or [1.0], k_powers or [2.0], k_maxes or [None],
+                                               [False, True] if record_initial else [False]):
+            options = MethodOptions(name, upd_scale=u, k_power=p, k_max=k, record_initial=init)
             methods[options.label] = str(Path(ckpt).resolve())
             if guard:
                 methods[replace(options, guard=guard, guard_delay=guard_delay).label] = methods[options.label]
@@ -229,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--nino', default='', help='comma-separated nowcaster checkpoints')
     parser.add_argument('--tasks', default=None, help='comma-separated task names from the config')
     parser.add_argument('--seeds', type=int, default=None)
+    parser.add_argument('--record-initial', action='store_true', help='also run each nowcaster with its states '
+                        'recorded from the initial one on (NAME+init: every nowcast period // ctx - 1 steps sooner)')
     parser.add_argument('--seed-offset', type=int, default=0, help=f'start the seeds at {EVAL_SEED} + this '
                                                                    '(fresh seeds to confirm chosen settings)')
     parser.add_argument('--out', required=True, help='output folder')
@@ -254,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                             args.tasks.split(',') if args.tasks else None,
                             args.address or os.environ.get('RAY_ADDRESS'), not args.no_baselines,
                             period=args.period, guard=args.guard, guard_delay=args.guard_delay,
-                            seed_offset=args.seed_offset, **options)
+                            seed_offset=args.seed_offset, record_initial=args.record_initial, **options)
     except ConfigError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

@@ -59,9 +59,10 @@ class Curve:
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """What a method name says: `NAME[+guardN[dD]][+uS][+pP][+kK]`: nowcaster NAME, guarded on N
+    """What a method name says: `NAME[+guardN[dD]][+uS][+pP][+kK][+init]`: nowcaster NAME, guarded on N
     training batches (judged D steps after the nowcast), predicted change scaled by S, horizon decaying
-    with power P from K (NiNo's `guard`, `guard_delay`, `upd_scale`, `k_power`, `k_max`)."""
+    with power P from K, states recorded from the initial one on (NiNo's `guard`, `guard_delay`,
+    `upd_scale`, `k_power`, `k_max`, `record_initial`)."""
 
     name: str
     guard: int = 0
@@ -69,6 +70,7 @@ class MethodOptions:
     upd_scale: float = 1.0
     k_power: float = 2.0
     k_max: int | None = None
+    record_initial: bool = False
 
     @property
     def label(self) -> str:
@@ -82,10 +84,12 @@ class MethodOptions:
             out += f'+p{self.k_power:g}'
         if self.k_max is not None:
             out += f'+k{self.k_max}'
+        if self.record_initial:
+            out += '+init'
         return out
 
 
-METHOD_FORM = 'NAME[+guardN[dD]][+uS][+pP][+kK]'
+METHOD_FORM = 'NAME[+guardN[dD]][+uS][+pP][+kK][+init]'
 
 
 def parse_method(method: str) -> MethodOptions:
@@ -94,7 +98,9 @@ def parse_method(method: str) -> MethodOptions:
     fields: dict = {}
     try:
         for part in parts:
-            if part.startswith('guard'):
+            if part == 'init':
+                fields['record_initial'] = True
+            elif part.startswith('guard'):
                 count, _, delay = part[5:].partition('d')
                 fields['guard'], fields['guard_delay'] = int(count), int(delay or 0)
             elif part[:1] == 'u':
@@ -107,7 +113,7 @@ def parse_method(method: str) -> MethodOptions:
                 raise ValueError(part)
     except ValueError:
         raise ValueError(f'method {method!r}: expected {METHOD_FORM} (N batches, delay D steps, scale S, '
-                         f'power P, first horizon K)') from None
+                         f'power P, first horizon K, states from the initial one)') from None
     return MethodOptions(name, **fields)
 
 
@@ -162,7 +168,8 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
 
         opt = NiNo(base, model, ckpt=nowcaster, period=period, max_train_steps=spec.steps,
                    guard=guard if guard_set else None, guard_delay=options.guard_delay,
-                   upd_scale=options.upd_scale, k_power=options.k_power, k_max=options.k_max)
+                   upd_scale=options.upd_scale, k_power=options.k_power, k_max=options.k_max,
+                   record_initial=options.record_initial)
         gen = torch.Generator().manual_seed(seed)
         batches = hashlib.sha256()
         curve = Curve(spec.name, seed, method, metric, [], [], init_checksum=init.hexdigest())

@@ -2,7 +2,11 @@
 
 Every `period // ctx` steps the wrapper records the flat parameters (before that step's update);
 at the ctx-th record it runs the nowcaster instead of the base optimizer's step and writes the
-predicted parameters into the model. The neural graph holds every parameter of the model, but
+predicted parameters into the model. As the paper's code, the first record is the state after
+`period // ctx - 1` updates, so the first nowcast replaces update `period`; with `record_initial`
+the first record is the initial state, and every nowcast comes `period // ctx - 1` steps sooner
+(records after 0, i, ..., (ctx - 1) i updates, as the windows of a recorded trajectory that start
+at its first state). The neural graph holds every parameter of the model, but
 only those the base optimizer optimises (its param groups) are written: frozen parameters keep
 their values (the paper's code overwrites them too). The horizon k decays over training from `k_max`
 (default: the nowcaster's `seq_len`, 40) to 1:
@@ -95,6 +99,8 @@ class NiNo(torch.optim.Optimizer):
         k_power: power of the decay of the horizon k over training (2, as the paper).
         k_max: horizon of the first nowcast, at most the nowcaster's `seq_len` (None: `seq_len`, as the
             paper).
+        record_initial: record the parameters from the first step on (the initial state is the first
+            nowcast's first input), not from step `period // ctx` on (False, as the paper).
         guard: a callable returning a loss of the model as it is when called (e.g. on a few held-out
             or fresh training batches; it runs under `torch.no_grad()`); None: every nowcast is taken.
         guard_scales: candidates the guard scores: the current parameters plus each scale times the
@@ -112,7 +118,7 @@ class NiNo(torch.optim.Optimizer):
                  lpe: Tensor | Sequence[Tensor | None] | None = None, subgraph: bool = False,
                  edge_sample_ratio: float = 0.0, amp: bool = False, chunk_size: int | None = None,
                  upd_scale: float = 1.0,
-                 k_power: float = 2.0, k_max: int | None = None,
+                 k_power: float = 2.0, k_max: int | None = None, record_initial: bool = False,
                  guard: Callable[[], float | Tensor] | None = None,
                  guard_scales: Sequence[float] = (1.0, 0.5, 0.25), guard_margin: float = 0.0,
                  guard_delay: int = 0) -> None:
@@ -124,6 +130,7 @@ class NiNo(torch.optim.Optimizer):
         self.num_nowcasts = 0
         self.num_rejected = 0  # nowcasts not taken: not finite, or turned down by the guard
         self.upd_scale = upd_scale
+        self.record_initial = record_initial
         self.guard = guard
         self.guard_scales = tuple(guard_scales)
         self.guard_margin = guard_margin
@@ -156,6 +163,7 @@ class NiNo(torch.optim.Optimizer):
                              f'input states are recorded period // ctx steps apart')
         self.ctx = cfg.ctx
         self.interval = period // cfg.ctx
+        self._phase = 0 if record_initial else self.interval - 1  # records at step_idx % interval == phase
         self.graphs = ModelGraphs.for_module(model, num_heads, num_key_value_heads, subgraph)
         for name, shape in self.graphs.params:  # the per-parameter MLP (gnn False) treats kernel positions apart
             if cfg.gnn and len(shape) == 4 and shape[2] * shape[3] > cfg.max_feat_size:
@@ -182,8 +190,7 @@ class NiNo(torch.optim.Optimizer):
     @property
     def next_step_nowcasts(self) -> bool:
         """Whether the next `step()` call runs the nowcaster instead of the base optimizer."""
-        return (self.nowcaster is not None and len(self._states) == self.ctx - 1
-                and (self.step_idx + 1) % self.interval == 0
+        return (self.nowcaster is not None and len(self._states) == self.ctx - 1 and self._records
                 and not (self.guard is not None and self.guard_delay
                          and self.step_idx + 1 + self.guard_delay > self.max_train_steps))
 
@@ -192,6 +199,11 @@ class NiNo(torch.optim.Optimizer):
         """False when the next step is a nowcast that is surely taken, so `loss.backward()` can be
         skipped; with an immediate guard the base optimizer may take that step after all."""
         return not self.next_step_nowcasts or (self.guard is not None and not self.guard_delay)
+
+    @property
+    def _records(self) -> bool:
+        """Whether this step records the parameters (before its update)."""
+        return self.step_idx % self.interval == self._phase
 
     def current_k(self) -> int:
         """Horizon the nowcast in the current period uses."""
@@ -203,7 +215,7 @@ class NiNo(torch.optim.Optimizer):
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """One optimizer step: the base optimizer's, or a nowcast at the end of a period."""
         nowcast = self.next_step_nowcasts
-        if self.nowcaster is not None and (self.step_idx + 1) % self.interval == 0:
+        if self.nowcaster is not None and self._records:
             self._states.append(self._flat_params())
         if nowcast and self._nowcast():
             loss = None
@@ -309,7 +321,8 @@ class NiNo(torch.optim.Optimizer):
         """Base optimizer state, the wrapper's position, the states collected so far and the LPE."""
         return {'base': self.base_opt.state_dict(),
                 'nino': {'step_idx': self.step_idx, 'period': self.period,
-                         'max_train_steps': self.max_train_steps, 'num_nowcasts': self.num_nowcasts,
+                         'max_train_steps': self.max_train_steps, 'record_initial': self.record_initial,
+                         'num_nowcasts': self.num_nowcasts,
                          'num_rejected': self.num_rejected, 'guard_history': list(self.guard_history),
                          'pending': None if self._pending is None
                          else {**self._pending, 'params': self._pending['params'].cpu().clone()},
@@ -318,15 +331,15 @@ class NiNo(torch.optim.Optimizer):
                          else [pe.cpu().clone() for pe in self.graphs.lpe]}}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a `state_dict()`; period and max_train_steps must match this wrapper's."""
+        """Restore a `state_dict()`; period, max_train_steps and record_initial must match this wrapper's."""
         for key in ('base', 'nino'):
             if key not in state:
                 raise KeyError(f"NiNo state_dict has no '{key}' entry")
         nino = state['nino']
-        for key in ('period', 'max_train_steps'):
-            if nino[key] != getattr(self, key):
-                raise ValueError(f'NiNo state_dict was saved with {key}={nino[key]}, this wrapper has '
-                                 f'{key}={getattr(self, key)}')
+        for key, default in (('period', None), ('max_train_steps', None), ('record_initial', False)):
+            if nino.get(key, default) != getattr(self, key):
+                raise ValueError(f'NiNo state_dict was saved with {key}={nino.get(key, default)}, this wrapper '
+                                 f'has {key}={getattr(self, key)}')
         n = sum(p.numel() for p in self._params)
         if any(s.numel() != n for s in nino['states']):
             raise ValueError(f'NiNo state_dict holds states of another model (expected {n} values each)')

@@ -121,9 +121,9 @@ def test_a_guarded_bad_nowcaster_ends_exactly_where_adam_ends():
 def test_method_names_carry_the_nowcast_options_and_read_back():
     assert parse_method('adam') == MethodOptions('adam')
     assert parse_method('nino_mlp+guard4') == MethodOptions('nino_mlp', guard=4)
-    options = parse_method('nino_mlp+guard4d100+u1.5+p3+k20')
-    assert options == MethodOptions('nino_mlp', 4, 100, upd_scale=1.5, k_power=3.0, k_max=20)
-    assert options.label == 'nino_mlp+guard4d100+u1.5+p3+k20'
+    options = parse_method('nino_mlp+guard4d100+u1.5+p3+k20+init')
+    assert options == MethodOptions('nino_mlp', 4, 100, upd_scale=1.5, k_power=3.0, k_max=20, record_initial=True)
+    assert options.label == 'nino_mlp+guard4d100+u1.5+p3+k20+init'
     assert MethodOptions('ours', upd_scale=1.0, k_power=2.0).label == 'ours'  # defaults: the plain name
     for bad in ('nino_mlp+guardx', 'nino_mlp+u', 'nino_mlp+k1.5', 'nino_mlp+z3'):
         with pytest.raises(ValueError, match='NAME\\[\\+guardN'):
@@ -138,6 +138,7 @@ def test_the_method_name_sets_the_nowcasts_horizon_and_scale():
     short = run_curve(spec, 1000, 'lin+k1', lin, period=50)
     none = run_curve(spec, 1000, 'lin+u0', lin, period=50)  # the nowcast writes the parameters it read
     assert short.nowcast_steps == none.nowcast_steps == plain.nowcast_steps == [50, 100]
+    assert run_curve(spec, 1000, 'lin+init', lin, period=50).nowcast_steps == [41, 91]  # states from step 0 on
     assert len({tuple(plain.values[3:]), tuple(short.values[3:]), tuple(none.values[3:])}) == 3
     assert plain.values[:3] == short.values[:3] == none.values[:3]  # same run up to the first nowcast
 
@@ -166,7 +167,7 @@ def test_evaluate_job_writes_outputs_and_resumes(tmp_path):
         save_nowcaster(build_nowcaster(NiNoConfig(gnn=False, hid=8, seq_len=10)), ckpt)  # retrained
         retrained, _ = evaluate(config, out, [str(ckpt)], progress=False, period=25, baselines=False)
         scaled, _ = evaluate(config, out, [str(ckpt)], progress=False, period=25, baselines=False,
-                             upd_scales=[1.0, 0.5])
+                             upd_scales=[1.0, 0.5], record_initial=True)
     finally:
         ray.shutdown()
     assert len(curves) == 2 * 2 * 3 and table2 == table
@@ -177,20 +178,21 @@ def test_evaluate_job_writes_outputs_and_resumes(tmp_path):
     assert {c.nowcast_steps[0] for c in curves if c.method == 'tiny'} == {50}
     assert {c.nowcast_steps[0] for c in other_period if c.method == 'tiny'} == {25}  # not the stale period-50 runs
     new = {p.name for p in (out / 'runs').iterdir()} - set(stamps)
-    assert len(new) == 2 * 2 + 2 * 2 + 2 * 2  # period 25: tiny (adam's runs serve every period); retrained; +u0.5
-    assert {c.method for c in scaled} == {'adam', 'tiny', 'tiny+u0.5'}  # values: test_the_method_name_sets_...
+    assert len(new) == 2 * 2 + 2 * 2 + 3 * 2 * 2  # period 25: tiny (adam's runs serve every period); retrained;
+    assert {c.method for c in scaled} == {'adam', 'tiny', 'tiny+u0.5', 'tiny+init', 'tiny+u0.5+init'}  # +u0.5, +init
+    assert {c.nowcast_steps[0] for c in scaled if c.method.endswith('+init')} == {21}
     assert [c.values for c in retrained if c.method == 'adam'] == [c.values for c in other_period if c.method == 'adam']
     assert {c.method for c in curves} == {'adam', 'tiny', 'linear'}
     with open(out / 'curves.csv') as f:
-        assert len(list(csv.DictReader(f))) == 12 * 6  # the last evaluation's 12 curves (no baseline), 6 points
+        assert len(list(csv.DictReader(f))) == 20 * 6  # the last evaluation's 20 curves (5 methods), 6 points
     for name in ('summary.md', 'speedups.csv', 'curves.json', 'curves_digits-mlp.png',
                  'curves_digits-mlp-w1.5.png', 'speedup.png'):
         assert (out / name).stat().st_size > 0
     assert (out / 'curves_digits-mlp.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert '| digits-mlp-w1.5 | val_acc >= 0.5 | tiny |' in table
-    summary = (out / 'summary.md').read_text()  # the last call's: adam, tiny, tiny+u0.5 every 25 steps
+    summary = (out / 'summary.md').read_text()  # the last call's: adam, tiny, tiny+u0.5, ... every 25 steps
     assert summary.startswith('| task | target |') and 'digits-mlp-w1.5, per seed: steps to val_acc >= 0.5' in summary
-    assert '| seed | adam | tiny | tiny+u0.5 |' in summary
+    assert '| seed | adam | tiny | tiny+init | tiny+u0.5 | tiny+u0.5+init |' in summary
 
 
 def _eval_config(tmp_path, **task):

@@ -387,3 +387,30 @@ def test_a_delayed_guard_makes_no_nowcast_it_could_not_judge_before_the_end():
                max_train_steps=7, guard=lambda: F.mse_loss(model(x), y), guard_delay=3)
     _run([(model, opt)], x, y, 5)  # step 5 would nowcast, but 5 + 3 > 7 steps
     assert opt.num_nowcasts == 0 and opt.guard_history == [] and opt._states == []
+
+
+def test_record_initial_makes_the_first_nowcast_from_the_initial_state_on():
+    model, x, y = _regression(6)
+    alone = copy.deepcopy(model)
+    opt = NiNo(torch.optim.SGD(model.parameters(), lr=0.05), model, ckpt=LinearExtrapolation(seq_len=10), period=10,
+               max_train_steps=20, record_initial=True)
+    sgd = torch.optim.SGD(alone.parameters(), lr=0.05)
+    flat = lambda m: torch.cat([p.detach().reshape(-1) for p in m.parameters()])  # noqa: E731
+    states = [flat(alone)]
+    for step in range(1, 9):
+        _run([(model, opt), (alone, sgd)], x, y, 1)
+        if step % 2 == 0:
+            states.append(flat(alone))
+    assert opt.next_step_nowcasts and opt.current_k() == 10  # states after 0, 2, 4, 6, 8 updates: step 9 nowcasts
+    assert torch.equal(opt._flat_params(), states[-1])
+    _run([(model, opt)], x, y, 1)
+    s = torch.stack(states, 1)
+    t = torch.arange(5.0) - 2
+    expected = s[:, -1] + 10 * (s * t).sum(1) / (t * t).sum()
+    assert opt.num_nowcasts == 1 and torch.allclose(opt._flat_params(), expected, rtol=1e-4, atol=1e-5)
+    paper = NiNo(torch.optim.SGD(model.parameters()), model, ckpt=LinearExtrapolation(seq_len=10), period=10,
+                 max_train_steps=20)
+    with pytest.raises(ValueError, match='record_initial=True, this wrapper has record_initial=False'):
+        paper.load_state_dict(opt.state_dict())
+    _run([(model, opt)], x, y, 10)
+    assert opt.num_nowcasts == 2  # the second by step 19 (the paper's wrapper makes it at step 20)
