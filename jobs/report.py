@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metatrain.evaluation import BASE, Curve, SpeedupRow, markdown_table, per_seed_table
+from metatrain.evaluation import BASE, Curve, SpeedupRow, markdown_table, paired_table, paired_variants, per_seed_table
 
 
 def write_curves(curves: list[Curve], out: Path) -> None:
@@ -26,11 +26,18 @@ def write_curves(curves: list[Curve], out: Path) -> None:
 
 def write_table(rows: list[SpeedupRow], targets: dict[str, float], metrics: dict[str, str], out: Path,
                 curves: list[Curve] | None = None) -> str:
-    """`summary.md` (the speedup table, then the per-seed tables of `curves`) and `speedups.csv`;
-    returns the speedup table."""
+    """`summary.md` (the speedup table; from `curves` the variants' paired table when there are
+    variants, and the per-seed tables) and `speedups.csv`; returns the speedup table."""
     table = markdown_table(rows, targets, metrics)
-    seeds = f'\n\n{per_seed_table(curves, targets)}' if curves else ''
-    (out / 'summary.md').write_text(table + seeds + '\n')
+    extra = ''
+    if curves:
+        paired = paired_variants(curves, targets)
+        if paired:
+            extra += ('\n\nEach variant against its nowcaster on the same seeds (speedup over Adam of the '
+                      'variant minus that of the nowcaster; seeds where all three reached the target):'
+                      f'\n\n{paired_table(paired)}')
+        extra += f'\n\n{per_seed_table(curves, targets)}'
+    (out / 'summary.md').write_text(table + extra + '\n')
     with open(out / 'speedups.csv', 'w', newline='') as f:
         w = csv.writer(f)
         names = [f.name for f in fields(SpeedupRow)]

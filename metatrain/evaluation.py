@@ -7,7 +7,9 @@ same order (each curve carries checksums of both, so this can be checked). `step
 and `speedups` do the arithmetic: speedup = steps(base) / steps(method), mean, std and a 95%
 t-interval of the mean over the seeds where both reached the target; beside it the metric at the
 end of the budget and on how many seeds it is at least the base's (same seed), so a method that
-reaches the target sooner but ends worse shows.
+reaches the target sooner but ends worse shows. `paired_variants` compares each nowcaster's variants
+(`NAME+options`) with `NAME` seed by seed: the seed-to-seed spread that widens every method's
+interval cancels in the difference, so a knob's effect can be told from noise with fewer seeds.
 """
 
 from __future__ import annotations
@@ -263,15 +265,74 @@ def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -
                     not_worse += _not_worse(c.values[-1], b.values[-1], higher)
                     tail_not_worse += _not_worse(float(np.mean(c.values[-TAIL_EVALS:])),
                                                  float(np.mean(b.values[-TAIL_EVALS:])), higher)
-            ci = math.nan
-            if len(ratios) > 1:
-                ci = float(student_t.ppf(0.975, len(ratios) - 1) * np.std(ratios, ddof=1) / math.sqrt(len(ratios)))
             rows.append(SpeedupRow(task, method, len(finals), len(reached),
                                    float(np.mean(reached)) if reached else math.nan,
                                    float(np.mean(ratios)) if ratios else math.nan,
-                                   float(np.std(ratios)) if ratios else math.nan, len(ratios), ci,
+                                   float(np.std(ratios)) if ratios else math.nan, len(ratios), _t_halfwidth(ratios),
                                    float(np.mean(finals)) if finals else math.nan, not_worse, tail_not_worse))
     return rows
+
+
+def _t_halfwidth(values: list[float]) -> float:
+    """Half-width of the 95% t-interval of the mean of `values` (NaN for fewer than two)."""
+    if len(values) < 2:
+        return math.nan
+    return float(student_t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+@dataclass
+class PairedRow:
+    task: str
+    method: str  # a variant NAME+options...
+    against: str  # ...and its plain nowcaster NAME
+    compared: int  # seeds where the base, the variant and NAME all reached the target
+    diff_mean: float  # mean over those seeds of speedup(variant) - speedup(NAME)
+    diff_ci: float  # half-width of its 95% t-interval
+    faster: int  # seeds where the variant reached the target in fewer steps than NAME
+    slower: int
+
+
+def paired_variants(curves: list[Curve], targets: dict[str, float], base: str = BASE) -> list[PairedRow]:
+    """Per task, each method `NAME+options` whose `NAME` was run too, against `NAME` on the same seeds:
+    the mean difference of their speedups over `base` with its 95% interval, and on how many seeds the
+    variant reached the target sooner or later."""
+    by_key = {(c.task, c.seed, c.method): c for c in curves}
+    rows = []
+    for task in sorted({c.task for c in curves}):
+        methods = sorted({c.method for c in curves if c.task == task})
+        seeds = sorted({c.seed for c in curves if c.task == task})
+        for method in methods:
+            plain = method.split('+')[0]
+            if plain == method or plain not in methods:
+                continue
+            diffs, faster, slower = [], 0, 0
+            for seed in seeds:
+                trio = [by_key.get((task, seed, m)) for m in (base, method, plain)]
+                if None in trio:
+                    continue
+                b, v, p = (steps_to_target(c.steps, c.values, targets[task], HIGHER_IS_BETTER[c.metric])
+                           for c in trio)
+                if math.isnan(b) or math.isnan(v) or math.isnan(p):
+                    continue
+                diffs.append(max(b, 1.0) / max(v, 1.0) - max(b, 1.0) / max(p, 1.0))
+                faster += v < p
+                slower += v > p
+            rows.append(PairedRow(task, method, plain, len(diffs), float(np.mean(diffs)) if diffs else math.nan,
+                                  _t_halfwidth(diffs), faster, slower))
+    return rows
+
+
+def paired_table(rows: list[PairedRow]) -> str:
+    """The variants' table: speedup difference against the plain nowcaster, paired by seed."""
+    lines = ['| task | method | against | seeds | speedup difference | 95% interval | sooner | later | same |',
+             '|---|---|---|---:|---:|---:|---:|---:|---:|']
+    for r in rows:
+        diff = '-' if math.isnan(r.diff_mean) else f'{r.diff_mean:+.2f}x'
+        low, high = r.diff_mean - r.diff_ci, r.diff_mean + r.diff_ci
+        interval = '-' if math.isnan(r.diff_ci) else f'{low:+.2f} to {high:+.2f}x'
+        lines.append(f'| {r.task} | {r.method} | {r.against} | {r.compared} | {diff} | {interval} | {r.faster} '
+                     f'| {r.slower} | {r.compared - r.faster - r.slower} |')
+    return '\n'.join(lines)
 
 
 def markdown_table(rows: list[SpeedupRow], targets: dict[str, float], metric_names: dict[str, str]) -> str:

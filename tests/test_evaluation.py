@@ -16,6 +16,8 @@ from metatrain.evaluation import (
     MethodOptions,
     markdown_table,
     metric_of,
+    paired_table,
+    paired_variants,
     parse_method,
     per_seed_table,
     run_curve,
@@ -67,6 +69,27 @@ def test_speedups_use_only_seeds_where_both_reached():
     assert per_seed[2] == '| seed | adam | bad | nino |'
     assert per_seed[4:] == ['| 0 | 400; 0.900 | -; 0.000 | 200; 0.900 |', '| 1 | 300; 0.900 | -; 0.000 | 100; 0.900 |',
                             '| 2 | -; 0.000 | -; 0.000 | 100; 0.900 |']
+
+
+def _reach(step):
+    """A curve that first reaches 0.9 at `step` (None: never)."""
+    return [0.0 if step is None or s < step else 0.9 for s in STEPS]
+
+
+def test_variants_are_compared_with_their_nowcaster_seed_by_seed():
+    reach = {'adam': [400, 400, 400, 400], 'n': [200, 100, 400, 200], 'n+init': [100, 100, 200, None],
+             'n+u2': [400, 200, 400, 400], 'other+init': [100] * 4}
+    curves = [_curve('t', seed, m, _reach(steps[seed])) for m, steps in reach.items() for seed in range(4)]
+    rows = {r.method: r for r in paired_variants(curves, {'t': 0.8})}
+    assert set(rows) == {'n+init', 'n+u2'}  # 'other' was not run: nothing to pair with
+    init = rows['n+init']
+    assert (init.against, init.compared, init.faster, init.slower) == ('n', 3, 2, 0)  # seed 3: n+init never reached
+    assert init.diff_mean == pytest.approx(((4 - 2) + (4 - 4) + (2 - 1)) / 3)
+    assert init.diff_ci == pytest.approx(4.3027 * np.std([2, 0, 1], ddof=1) / math.sqrt(3), rel=1e-4)
+    u2 = rows['n+u2']
+    assert (u2.compared, u2.faster, u2.slower) == (4, 0, 3) and u2.diff_mean == pytest.approx((-1 - 2 + 0 - 1) / 4)
+    table = paired_table(list(rows.values())).splitlines()
+    assert table[2] == '| t | n+init | n | 3 | +1.00x | -1.48 to +3.48x | 2 | 0 | 1 |'
 
 
 def test_tail_comparison_averages_the_last_evaluations():
@@ -193,6 +216,7 @@ def test_evaluate_job_writes_outputs_and_resumes(tmp_path):
     summary = (out / 'summary.md').read_text()  # the last call's: adam, tiny, tiny+u0.5, ... every 25 steps
     assert summary.startswith('| task | target |') and 'digits-mlp-w1.5, per seed: steps to val_acc >= 0.5' in summary
     assert '| seed | adam | tiny | tiny+init | tiny+u0.5 | tiny+u0.5+init |' in summary
+    assert re.search(r'\n\| digits-mlp-w1\.5 \| tiny\+u0\.5\+init \| tiny \| \d \|', summary)  # the paired table
 
 
 def _eval_config(tmp_path, **task):
