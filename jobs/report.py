@@ -47,37 +47,53 @@ def write_table(rows: list[SpeedupRow], targets: dict[str, float], metrics: dict
     return table
 
 
+def _styles(methods: list[str]) -> dict[str, tuple[str, str]]:
+    """(colour, line style) per method: one colour per nowcaster, one line style per set of options
+    (`NAME+...` variants share NAME's colour), so a dozen methods stay apart in one plot."""
+    names = list(dict.fromkeys(m.split('+')[0] for m in methods))
+    options = list(dict.fromkeys('+'.join(m.split('+')[1:]) for m in methods))
+    dashes = ['-', '--', '-.', ':']
+    return {m: (f'C{names.index(m.split("+")[0]) % 10}', dashes[options.index('+'.join(m.split('+')[1:])) % 4])
+            for m in methods}
+
+
 def plot_curves(curves: list[Curve], targets: dict[str, float], out: Path) -> list[Path]:
-    """One PNG per task: mean validation curve per method (band: min-max over seeds), nowcasts marked."""
+    """One PNG per task: mean validation curve per method (band: min-max over seeds, plain methods only),
+    nowcasts marked; a nowcaster's variants share its colour and differ in line style."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     paths = []
     for task in sorted({c.task for c in curves}):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
         task_curves = [c for c in curves if c.task == task]
         methods = [BASE] + sorted({c.method for c in task_curves} - {BASE})
-        for i, method in enumerate(methods):
+        styles = _styles(methods)
+        fig, ax = plt.subplots(figsize=(7 if len(methods) <= 6 else 10, 4.5))
+        for method in methods:
             cs = [c for c in task_curves if c.method == method]
             if not cs:
                 continue
             steps = np.array(cs[0].steps)
             values = np.array([c.values for c in cs if len(c.values) == len(steps)])
-            color = f'C{i}'
+            color, dash = styles[method]
             base = method == BASE  # drawn on top: every method follows it exactly until its first nowcast
-            ax.plot(steps, values.mean(0), color=color, label=f'{method} ({len(values)} seeds)',
+            ax.plot(steps, values.mean(0), color=color, ls=dash, label=f'{method} ({len(values)} seeds)',
                     lw=2.2 if base else 1.4, zorder=3 if base else 2)
-            ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.15)
-            for s in cs[0].nowcast_steps:
-                ax.axvline(s, color=color, alpha=0.35, lw=0.8, ls=':')
+            if '+' not in method:
+                ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.12)
+                for s in cs[0].nowcast_steps:
+                    ax.axvline(s, color=color, alpha=0.35, lw=0.8, ls=':')
         ax.axhline(targets[task], color='k', lw=0.8, ls='--', label='target')
         ax.set_xlabel('training step (dotted: nowcasts)')
         ax.set_ylabel(task_curves[0].metric)
         if task_curves[0].metric == 'val_ppl':
             ax.set_yscale('log')
         ax.set_title(task)
-        ax.legend(fontsize=8)
+        if len(methods) <= 6:
+            ax.legend(fontsize=8)
+        else:
+            ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         path = out / f'curves_{task}.png'
         fig.savefig(path, dpi=110)

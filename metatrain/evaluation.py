@@ -322,14 +322,19 @@ def paired_variants(curves: list[Curve], targets: dict[str, float], base: str = 
     return rows
 
 
+def _signed(x: float) -> str:
+    """'+0.13', '-0.04', and '+0.00' for what rounds to zero (never '-0.00')."""
+    return f'{x:+.2f}' if round(x, 2) != 0 else '+0.00'
+
+
 def paired_table(rows: list[PairedRow]) -> str:
     """The variants' table: speedup difference against the plain nowcaster, paired by seed."""
     lines = ['| task | method | against | seeds | speedup difference | 95% interval | sooner | later | same |',
              '|---|---|---|---:|---:|---:|---:|---:|---:|']
     for r in rows:
-        diff = '-' if math.isnan(r.diff_mean) else f'{r.diff_mean:+.2f}x'
+        diff = '-' if math.isnan(r.diff_mean) else f'{_signed(r.diff_mean)}x'
         low, high = r.diff_mean - r.diff_ci, r.diff_mean + r.diff_ci
-        interval = '-' if math.isnan(r.diff_ci) else f'{low:+.2f} to {high:+.2f}x'
+        interval = '-' if math.isnan(r.diff_ci) else f'{_signed(low)} to {_signed(high)}x'
         lines.append(f'| {r.task} | {r.method} | {r.against} | {r.compared} | {diff} | {interval} | {r.faster} '
                      f'| {r.slower} | {r.compared - r.faster - r.slower} |')
     return '\n'.join(lines)

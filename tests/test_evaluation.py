@@ -78,10 +78,10 @@ def _reach(step):
 
 def test_variants_are_compared_with_their_nowcaster_seed_by_seed():
     reach = {'adam': [400, 400, 400, 400], 'n': [200, 100, 400, 200], 'n+init': [100, 100, 200, None],
-             'n+u2': [400, 200, 400, 400], 'other+init': [100] * 4}
+             'n+u2': [400, 200, 400, 400], 'n+k5': [200, 100, 400, 200], 'other+init': [100] * 4}
     curves = [_curve('t', seed, m, _reach(steps[seed])) for m, steps in reach.items() for seed in range(4)]
     rows = {r.method: r for r in paired_variants(curves, {'t': 0.8})}
-    assert set(rows) == {'n+init', 'n+u2'}  # 'other' was not run: nothing to pair with
+    assert set(rows) == {'n+init', 'n+u2', 'n+k5'}  # 'other' was not run: nothing to pair with
     init = rows['n+init']
     assert (init.against, init.compared, init.faster, init.slower) == ('n', 3, 2, 0)  # seed 3: n+init never reached
     assert init.diff_mean == pytest.approx(((4 - 2) + (4 - 4) + (2 - 1)) / 3)
@@ -90,6 +90,14 @@ def test_variants_are_compared_with_their_nowcaster_seed_by_seed():
     assert (u2.compared, u2.faster, u2.slower) == (4, 0, 3) and u2.diff_mean == pytest.approx((-1 - 2 + 0 - 1) / 4)
     table = paired_table(list(rows.values())).splitlines()
     assert table[2] == '| t | n+init | n | 3 | +1.00x | -1.48 to +3.48x | 2 | 0 | 1 |'
+    assert table[3] == '| t | n+k5 | n | 4 | +0.00x | +0.00 to +0.00x | 0 | 0 | 4 |'  # never '-0.00'
+
+
+def test_a_nowcasters_variants_share_its_colour_and_differ_in_line_style():
+    from jobs.report import _styles
+    styles = _styles(['adam', 'a', 'a+guard4d20', 'a+init', 'b', 'b+init'])
+    assert styles['a'][0] == styles['a+init'][0] == styles['a+guard4d20'][0] != styles['b'][0] != styles['adam'][0]
+    assert styles['a'][1] == styles['b'][1] != styles['a+init'][1] == styles['b+init'][1] != styles['a+guard4d20'][1]
 
 
 def test_tail_comparison_averages_the_last_evaluations():
