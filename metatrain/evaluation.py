@@ -235,6 +235,13 @@ class SpeedupRow:
     tail_not_worse: int = 0  # the same for the mean of the last TAIL_EVALS evaluations (less noisy than one)
 
 
+def _t_halfwidth(values: list[float]) -> float:
+    """Half-width of the 95% t-interval of the mean of `values` (NaN for fewer than two)."""
+    if len(values) < 2:
+        return math.nan
+    return float(student_t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
 def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -> list[SpeedupRow]:
     """Per (task, method): how often and how fast the target is reached, the speedup over `base`, and
     on how many seeds the method ends at least as good as `base` (last evaluation; mean of the last
@@ -271,13 +278,6 @@ def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -
                                    float(np.std(ratios)) if ratios else math.nan, len(ratios), _t_halfwidth(ratios),
                                    float(np.mean(finals)) if finals else math.nan, not_worse, tail_not_worse))
     return rows
-
-
-def _t_halfwidth(values: list[float]) -> float:
-    """Half-width of the 95% t-interval of the mean of `values` (NaN for fewer than two)."""
-    if len(values) < 2:
-        return math.nan
-    return float(student_t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
 
 
 @dataclass
