@@ -412,5 +412,10 @@ def test_record_initial_makes_the_first_nowcast_from_the_initial_state_on():
                  max_train_steps=20)
     with pytest.raises(ValueError, match='record_initial=True, this wrapper has record_initial=False'):
         paper.load_state_dict(opt.state_dict())
+    older = paper.state_dict()
+    del older['nino']['record_initial']  # saved before the option existed: the paper's schedule
+    paper.load_state_dict(older)
+    with pytest.raises(ValueError, match='record_initial=False, this wrapper has record_initial=True'):
+        opt.load_state_dict(older)
     _run([(model, opt)], x, y, 10)
     assert opt.num_nowcasts == 2  # the second by step 19 (the paper's wrapper makes it at step 20)
