@@ -219,6 +219,16 @@ def steps_to_target(steps: list[int], values: list[float], target: float, higher
     return math.nan
 
 
+def curve_steps_to_target(curve: Curve, target: float) -> float:
+    """`steps_to_target` of a curve, in the direction its metric improves."""
+    return steps_to_target(curve.steps, curve.values, target, HIGHER_IS_BETTER[curve.metric])
+
+
+def speedup(base_steps: float, steps: float) -> float:
+    """steps(base) / steps(method), a method that reaches the target at step 0 counted as at step 1."""
+    return max(base_steps, 1.0) / max(steps, 1.0)
+
+
 @dataclass
 class SpeedupRow:
     task: str
@@ -260,14 +270,14 @@ def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -
                 if c is None:
                     continue
                 higher = HIGHER_IS_BETTER[c.metric]
-                s = steps_to_target(c.steps, c.values, target, higher)
+                s = curve_steps_to_target(c, target)
                 if not math.isnan(s):
                     reached.append(s)
                 finals.append(c.values[-1])
                 b = by_key.get((task, seed, base))
-                sb = steps_to_target(b.steps, b.values, target, higher) if b else math.nan
+                sb = curve_steps_to_target(b, target) if b else math.nan
                 if not (math.isnan(s) or math.isnan(sb)):
-                    ratios.append(max(sb, 1.0) / max(s, 1.0))
+                    ratios.append(speedup(sb, s))
                 if b is not None:
                     not_worse += _not_worse(c.values[-1], b.values[-1], higher)
                     tail_not_worse += _not_worse(float(np.mean(c.values[-TAIL_EVALS:])),
@@ -310,11 +320,10 @@ def paired_variants(curves: list[Curve], targets: dict[str, float], base: str = 
                 trio = [by_key.get((task, seed, m)) for m in (base, method, plain)]
                 if None in trio:
                     continue
-                b, v, p = (steps_to_target(c.steps, c.values, targets[task], HIGHER_IS_BETTER[c.metric])
-                           for c in trio)
+                b, v, p = (curve_steps_to_target(c, targets[task]) for c in trio)
                 if math.isnan(b) or math.isnan(v) or math.isnan(p):
                     continue
-                diffs.append(max(b, 1.0) / max(v, 1.0) - max(b, 1.0) / max(p, 1.0))
+                diffs.append(speedup(b, v) - speedup(b, p))
                 faster += v < p
                 slower += v > p
             rows.append(PairedRow(task, method, plain, len(diffs), float(np.mean(diffs)) if diffs else math.nan,
@@ -379,7 +388,7 @@ def per_seed_table(curves: list[Curve], targets: dict[str, float], base: str = B
                 if c is None:
                     cells.append('')
                     continue
-                s = steps_to_target(c.steps, c.values, targets[task], HIGHER_IS_BETTER[c.metric])
+                s = curve_steps_to_target(c, targets[task])
                 cells.append(f'{"-" if math.isnan(s) else f"{s:.0f}"}; {c.values[-1]:.3f}')
             lines.append(f'| {seed} | ' + ' | '.join(cells) + ' |')
         blocks.append('\n'.join(lines))
