@@ -1,22 +1,24 @@
 """Evaluate nowcasters against Adam: `python -m jobs.evaluate --config jobs/configs/eval-*.yaml
 --nino CKPT[,CKPT...] --seeds 5 --out results/NAME [--tasks a,b] [--address ADDR]`.
 
-For every (task, seed, method) one Ray task trains the task from that seed: with the base
-optimizer alone ('adam'), with each nowcaster checkpoint (named after its file), and with the
-linear-extrapolation baseline ('linear'); same initial weights and batches for all methods.
-Each finished run is saved under OUT/runs/ and skipped by a rerun; its file name carries a digest of
-the task spec, the period (nowcasting methods only) and the checkpoint's bytes, so a changed config
-or a retrained checkpoint is run again rather than read stale. `--period N` overrides every task's
+For every (task, seed, method) one Ray task trains the task from that seed: with the base optimizer
+alone ('adam'), with each nowcaster checkpoint (named after its file), and with the
+linear-extrapolation baseline ('linear'); same initial weights and batches for all methods. Each finished
+run is saved under OUT/runs/ and skipped by a rerun; its file name carries a digest of the task
+spec, the period (nowcasting methods only) and the checkpoint's bytes, so a changed config or a
+retrained checkpoint is run again rather than read stale. `--period N` overrides every task's
 period; `--guard N` adds each nowcaster guarded (`nino.NiNo(guard=...)`, scoring N training batches;
 method NAME+guardN, with `--guard-delay D` judged D steps after the nowcast: NAME+guardNdD).
-`--upd-scale`, `--k-power` and `--k-max` take comma-separated values and run each nowcaster with
-every combination (NiNo's `upd_scale`, `k_power`, `k_max`; methods NAME+uS+pP+kK, defaults left out
-of the name; see `metatrain.evaluation.MethodOptions`); `--record-initial` adds each with NiNo's
-`record_initial` (NAME+init). Seeds are 1000, 1001, ...; `--seed-offset N`
-starts them at 1000 + N, so settings chosen on the first seeds can be confirmed on fresh ones (runs
-of a seed already in OUT are reused whatever the offset). Outputs in OUT: curves.json, curves.csv,
-summary.md (the speedup table, then steps to target and final metric per seed), speedups.csv,
-curves_<task>.png, speedup.png.
+`--upd-scale`, `--k-power` and `--k-max` take comma-separated values and run each nowcaster with every
+combination (NiNo's `upd_scale`, `k_power`, `k_max`; methods NAME+uS+pP+kK, defaults left out of the
+name; see `metatrain.evaluation.MethodOptions`); `--record-initial` adds each with NiNo's
+`record_initial` (NAME+init). `--reorder N` adds the controls adam+order1 ... adam+orderN: Adam from
+the same initial weights with its batches in another order, whose rows (how often they end at least
+as good as adam, their paired difference) show the noise the other rows sit in. Seeds are 1000,
+1001, ...; `--seed-offset N` starts them at 1000 + N, so settings chosen on the first seeds can be
+confirmed on fresh ones (runs of a seed already in OUT are reused whatever the offset). Outputs in
+OUT: curves.json, curves.csv, summary.md (the speedup table, then steps to target and final metric
+per seed), speedups.csv, curves_<task>.png, speedup.png.
 
 The config lists tasks (task-spec entries, as in collection configs) with a `target` value per
 task and an optional `period` (steps between nowcasts, default 1000), e.g.
@@ -54,6 +56,7 @@ from metatrain.evaluation import (
     load_curve,
     method_nowcaster,
     metric_of,
+    parse_method,
     run_curve,
     speedups,
 )
@@ -102,7 +105,8 @@ def run_file(spec: TaskSpec, period: int, seed: int, method: str, ckpt_digest: s
     """File name of one finished run (`seed` counted from EVAL_SEED): readable prefix and a digest of
     everything that defines the run (not the period for the base optimizer alone, which never nowcasts,
     so one Adam run serves evaluations at every period)."""
-    key = hashlib.sha256(json.dumps([spec.to_dict(), None if method == BASE else period, ckpt_digest],
+    nowcasts = parse_method(method).name != BASE
+    key = hashlib.sha256(json.dumps([spec.to_dict(), period if nowcasts else None, ckpt_digest],
                                     sort_keys=True).encode())
     return f'{spec.name}-s{seed}-{method}-{key.hexdigest()[:10]}.json'
 
@@ -123,7 +127,7 @@ class RunFailed(RuntimeError):
 def check_periods(task_list: list[tuple[TaskSpec, int, float]], methods: dict[str, str | None]) -> None:
     """Every task's period must be a multiple of each nowcaster's ctx (its states are period // ctx apart)."""
     for method, ckpt in methods.items():
-        if method == BASE:
+        if parse_method(method).name == BASE:
             continue
         try:
             ctx = method_nowcaster(method, ckpt).config.ctx
@@ -140,11 +144,12 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
              progress: bool = True, period: int | None = None, guard: int = 0,
              guard_delay: int = 0, upd_scales: list[float] | None = None, k_powers: list[float] | None = None,
              k_maxes: list[int | None] | None = None, seed_offset: int = 0,
-             record_initial: bool = False) -> tuple[list[Curve], str]:
+             record_initial: bool = False, reorder: int = 0) -> tuple[list[Curve], str]:
     """Run (or finish) the evaluation grid; write outputs; return the curves and the table. Each
     nowcaster runs with every combination of `upd_scales`, `k_powers` and `k_maxes` (default: the
     paper's 1, 2 and the nowcaster's seq_len), and guarded as well with `guard` > 0; with
-    `record_initial` each also with its states recorded from the initial one on. The seeds are
+    `record_initial` each also with its states recorded from the initial one on; `reorder` adds Adam
+    with its batches in `reorder` other orders (`adam+order1`, ...). The seeds are
     `EVAL_SEED + seed_offset` onwards."""
     cfg, task_list = load_eval_config(config)
     if period is not None:
@@ -166,7 +171,10 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
     for value in k_maxes or []:
         if value is not None and value < 1:
             raise ConfigError(f'--k-max values must be positive horizons, got {value}')
+    if reorder < 0:
+        raise ConfigError(f'--reorder must be 0 or more, got {reorder}')
     methods: dict[str, str | None] = {BASE: None}
+    methods.update({MethodOptions(BASE, order=o).label: None for o in range(1, reorder + 1)})
     for ckpt in nino:
         name = Path(ckpt).name.split('.')[0]
         if '+' in name:
@@ -235,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--seeds', type=int, default=None)
     parser.add_argument('--record-initial', action='store_true', help='also run each nowcaster with its states '
                         'recorded from the initial one on (NAME+init: every nowcast period // ctx - 1 steps sooner)')
+    parser.add_argument('--reorder', type=int, default=0, help='also run Adam with its batches in this many '
+                        'other orders (adam+order1, ...): the run-to-run noise the other rows sit in')
     parser.add_argument('--seed-offset', type=int, default=0, help=f'start the seeds at {EVAL_SEED} + this '
                                                                    '(fresh seeds to confirm chosen settings)')
     parser.add_argument('--out', required=True, help='output folder')
@@ -260,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                             args.tasks.split(',') if args.tasks else None,
                             args.address or os.environ.get('RAY_ADDRESS'), not args.no_baselines,
                             period=args.period, guard=args.guard, guard_delay=args.guard_delay,
-                            seed_offset=args.seed_offset, record_initial=args.record_initial, **options)
+                            seed_offset=args.seed_offset, record_initial=args.record_initial, reorder=args.reorder,
+                            **options)
     except ConfigError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

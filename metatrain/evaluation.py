@@ -3,7 +3,9 @@
 `run_curve` trains one task from one seed with a method (the base optimizer alone, a nowcaster
 checkpoint, or a baseline) and records the validation metric at every evaluation point. All
 methods of a (task, seed) start from the same initial weights and see the same batches in the
-same order (each curve carries checksums of both, so this can be checked). `steps_to_target`
+same order (each curve carries checksums of both, so this can be checked), except `+orderO`
+methods, whose batches come in another order: `adam+order1` against `adam` shows how much of a
+difference between two runs of one seed is noise. `steps_to_target`
 and `speedups` do the arithmetic: speedup = steps(base) / steps(method), mean, std and a 95%
 t-interval of the mean over the seeds where both reached the target; beside it the metric at the
 end of the budget and on how many seeds it is at least the base's (same seed), so a method that
@@ -61,10 +63,11 @@ class Curve:
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """What a method name says: `NAME[+guardN[dD]][+uS][+pP][+kK][+init]`: nowcaster NAME, guarded on N
-    training batches (judged D steps after the nowcast), predicted change scaled by S, horizon decaying
-    with power P from K, states recorded from the initial one on (NiNo's `guard`, `guard_delay`,
-    `upd_scale`, `k_power`, `k_max`, `record_initial`)."""
+    """What a method name says: `NAME[+guardN[dD]][+uS][+pP][+kK][+init][+orderO]`: nowcaster NAME, guarded
+    on N training batches (judged D steps after the nowcast), predicted change scaled by S, horizon
+    decaying with power P from K, states recorded from the initial one on (NiNo's `guard`, `guard_delay`,
+    `upd_scale`, `k_power`, `k_max`, `record_initial`), training batches in another order O (same
+    initial weights: `adam+order1` is Adam's run-to-run noise, a control for the other methods)."""
 
     name: str
     guard: int = 0
@@ -73,6 +76,7 @@ class MethodOptions:
     k_power: float = 2.0
     k_max: int | None = None
     record_initial: bool = False
+    order: int = 0
 
     @property
     def label(self) -> str:
@@ -88,10 +92,15 @@ class MethodOptions:
             out += f'+k{self.k_max}'
         if self.record_initial:
             out += '+init'
+        if self.order:
+            out += f'+order{self.order}'
         return out
 
 
-METHOD_FORM = 'NAME[+guardN[dD]][+uS][+pP][+kK][+init]'
+METHOD_FORM = 'NAME[+guardN[dD]][+uS][+pP][+kK][+init][+orderO]'
+
+#: Seed stride between batch orders: order O of seed S draws its batches from seed S + O * ORDER_STRIDE.
+ORDER_STRIDE = 104729
 
 
 def parse_method(method: str) -> MethodOptions:
@@ -102,6 +111,10 @@ def parse_method(method: str) -> MethodOptions:
         for part in parts:
             if part == 'init':
                 fields['record_initial'] = True
+            elif part.startswith('order'):
+                fields['order'] = int(part[5:])
+                if fields['order'] < 1:
+                    raise ValueError(part)
             elif part.startswith('guard'):
                 count, _, delay = part[5:].partition('d')
                 fields['guard'], fields['guard_delay'] = int(count), int(delay or 0)
@@ -115,7 +128,7 @@ def parse_method(method: str) -> MethodOptions:
                 raise ValueError(part)
     except ValueError:
         raise ValueError(f'method {method!r}: expected {METHOD_FORM} (N batches, delay D steps, scale S, '
-                         f'power P, first horizon K, states from the initial one)') from None
+                         f'power P, first horizon K, states from the initial one, batch order O >= 1)') from None
     return MethodOptions(name, **fields)
 
 
@@ -151,7 +164,8 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
     """Train `spec` from `seed` for `spec.steps` steps with the method; evaluate every `eval_every`.
     The method name sets the nowcast options (`MethodOptions`); a guarded one (`NAME+guardN`, or
     `NAME+guardNdD` to judge D steps later) scores nowcasts on N training batches drawn once from
-    their own generator (the same batches every time)."""
+    their own generator (the same batches every time); `+orderO` draws the training batches in
+    another order from the same initial weights."""
     start = time.time()
     data = load_dataset(spec.dataset, spec.arch.get('vocab_size'))
     metric = metric_of(spec)
@@ -172,7 +186,7 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
                    guard=guard if guard_set else None, guard_delay=options.guard_delay,
                    upd_scale=options.upd_scale, k_power=options.k_power, k_max=options.k_max,
                    record_initial=options.record_initial)
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed + ORDER_STRIDE * options.order)
         batches = hashlib.sha256()
         curve = Curve(spec.name, seed, method, metric, [], [], init_checksum=init.hexdigest())
 

@@ -137,6 +137,11 @@ def test_methods_share_initial_weights_and_batches():
     assert adam.values != lin.values
     other = run_curve(spec, 1001, 'adam', None, period=50)
     assert other.init_checksum != adam.init_checksum and other.batch_checksum != adam.batch_checksum
+    reordered = run_curve(spec, 1000, 'adam+order1', None, period=50)  # the control: same weights, other batches
+    assert reordered.init_checksum == adam.init_checksum and reordered.batch_checksum != adam.batch_checksum
+    assert reordered.values[0] == adam.values[0] and reordered.values[1:] != adam.values[1:]
+    assert run_curve(spec, 1000, 'adam+order2', None, period=50).batch_checksum not in (
+        adam.batch_checksum, reordered.batch_checksum, other.batch_checksum)
 
 
 def test_a_guarded_bad_nowcaster_ends_exactly_where_adam_ends():
@@ -152,11 +157,12 @@ def test_a_guarded_bad_nowcaster_ends_exactly_where_adam_ends():
 def test_method_names_carry_the_nowcast_options_and_read_back():
     assert parse_method('adam') == MethodOptions('adam')
     assert parse_method('nino_mlp+guard4') == MethodOptions('nino_mlp', guard=4)
-    options = parse_method('nino_mlp+guard4d100+u1.5+p3+k20+init')
-    assert options == MethodOptions('nino_mlp', 4, 100, upd_scale=1.5, k_power=3.0, k_max=20, record_initial=True)
-    assert options.label == 'nino_mlp+guard4d100+u1.5+p3+k20+init'
+    options = parse_method('nino_mlp+guard4d100+u1.5+p3+k20+init+order2')
+    assert options == MethodOptions('nino_mlp', 4, 100, upd_scale=1.5, k_power=3.0, k_max=20, record_initial=True,
+                                    order=2)
+    assert options.label == 'nino_mlp+guard4d100+u1.5+p3+k20+init+order2'
     assert MethodOptions('ours', upd_scale=1.0, k_power=2.0).label == 'ours'  # defaults: the plain name
-    for bad in ('nino_mlp+guardx', 'nino_mlp+u', 'nino_mlp+k1.5', 'nino_mlp+z3'):
+    for bad in ('nino_mlp+guardx', 'nino_mlp+u', 'nino_mlp+k1.5', 'nino_mlp+z3', 'adam+order0', 'adam+order'):
         with pytest.raises(ValueError, match='NAME\\[\\+guardN'):
             parse_method(bad)
 
@@ -198,7 +204,7 @@ def test_evaluate_job_writes_outputs_and_resumes(tmp_path):
         save_nowcaster(build_nowcaster(NiNoConfig(gnn=False, hid=8, seq_len=10)), ckpt)  # retrained
         retrained, _ = evaluate(config, out, [str(ckpt)], progress=False, period=25, baselines=False)
         scaled, _ = evaluate(config, out, [str(ckpt)], progress=False, period=25, baselines=False,
-                             upd_scales=[1.0, 0.5], record_initial=True)
+                             upd_scales=[1.0, 0.5], record_initial=True, reorder=1)
     finally:
         ray.shutdown()
     assert len(curves) == 2 * 2 * 3 and table2 == table
@@ -209,13 +215,14 @@ def test_evaluate_job_writes_outputs_and_resumes(tmp_path):
     assert {c.nowcast_steps[0] for c in curves if c.method == 'tiny'} == {50}
     assert {c.nowcast_steps[0] for c in other_period if c.method == 'tiny'} == {25}  # not the stale period-50 runs
     new = {p.name for p in (out / 'runs').iterdir()} - set(stamps)
-    assert len(new) == 2 * 2 + 2 * 2 + 3 * 2 * 2  # period 25: tiny (adam's runs serve every period); retrained;
-    assert {c.method for c in scaled} == {'adam', 'tiny', 'tiny+u0.5', 'tiny+init', 'tiny+u0.5+init'}  # +u0.5, +init
+    assert len(new) == 2 * 2 + 2 * 2 + 4 * 2 * 2  # period 25: tiny (adam's runs serve every period); retrained;
+    assert {c.method for c in scaled} == {'adam', 'tiny', 'tiny+u0.5', 'tiny+init', 'tiny+u0.5+init',
+                                          'adam+order1'}  # +u0.5, +init, the reordered Adam
     assert {c.nowcast_steps[0] for c in scaled if c.method.endswith('+init')} == {21}
     assert [c.values for c in retrained if c.method == 'adam'] == [c.values for c in other_period if c.method == 'adam']
     assert {c.method for c in curves} == {'adam', 'tiny', 'linear'}
     with open(out / 'curves.csv') as f:
-        assert len(list(csv.DictReader(f))) == 20 * 6  # the last evaluation's 20 curves (5 methods), 6 points
+        assert len(list(csv.DictReader(f))) == 24 * 6  # the last evaluation's 24 curves (6 methods), 6 points
     for name in ('summary.md', 'speedups.csv', 'curves.json', 'curves_digits-mlp.png',
                  'curves_digits-mlp-w1.5.png', 'speedup.png'):
         assert (out / name).stat().st_size > 0
@@ -223,8 +230,9 @@ def test_evaluate_job_writes_outputs_and_resumes(tmp_path):
     assert '| digits-mlp-w1.5 | val_acc >= 0.5 | tiny |' in table
     summary = (out / 'summary.md').read_text()  # the last call's: adam, tiny, tiny+u0.5, ... every 25 steps
     assert summary.startswith('| task | target |') and 'digits-mlp-w1.5, per seed: steps to val_acc >= 0.5' in summary
-    assert '| seed | adam | tiny | tiny+init | tiny+u0.5 | tiny+u0.5+init |' in summary
+    assert '| seed | adam | adam+order1 | tiny | tiny+init | tiny+u0.5 | tiny+u0.5+init |' in summary
     assert re.search(r'\n\| digits-mlp-w1\.5 \| tiny\+u0\.5\+init \| tiny \| \d \|', summary)  # the paired table
+    assert re.search(r'\n\| digits-mlp \| adam\+order1 \| adam \| \d \|', summary)  # Adam against itself
 
 
 def _eval_config(tmp_path, **task):
