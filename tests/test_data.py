@@ -106,6 +106,26 @@ def test_text_windows_are_next_token_pairs():
     assert int(x.max()) < 256
 
 
+def test_mnist1d_is_generated_offline_with_a_thousand_validation_signals():
+    import random
+    np.random.seed(5)
+    random.seed(5)
+    before = np.random.rand(), random.random()
+    np.random.seed(5)
+    random.seed(5)
+    data = load_dataset({'name': 'mnist1d'})
+    assert (np.random.rand(), random.random()) == before  # the generator's global seeding is undone
+    assert data.x_train.shape == (4000, 40) and data.x_val.shape == (1000, 40)
+    assert data.y_train.dtype == torch.long and sorted(data.y_val.unique().tolist()) == list(range(10))
+    assert torch.bincount(torch.cat([data.y_train, data.y_val])).tolist() == [500] * 10  # balanced classes
+    again = load_dataset({'name': 'mnist1d', 'seed': 42, 'num_samples': 5000})  # defaults spelled out: same data
+    assert torch.equal(again.x_train, data.x_train)
+    other = load_dataset({'name': 'mnist1d', 'seed': 7, 'num_samples': 500})
+    assert other.x_val.shape == (100, 40) and not torch.equal(other.x_train[:10], data.x_train[:10])
+    with pytest.raises(ValueError, match="'mnist1d': num_samples must be at least 50, got 10"):
+        load_dataset({'name': 'mnist1d', 'num_samples': 10})
+
+
 def test_download_file_checks_md5_and_leaves_nothing_on_mismatch(tmp_path):
     src = SHARED / 'data' / 'tinyshakespeare' / 'input.txt'
     md5 = hashlib.md5(src.read_bytes()).hexdigest()

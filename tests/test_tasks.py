@@ -37,7 +37,7 @@ def test_widths_make_one_group_each_with_scaled_networks():
 
 def test_presets_cover_the_paper_tasks():
     for preset in ('fm-16', 'fm-32', 'c10-16', 'c10-32', 'c100-32', 'lm-3-24', 'lm-2-32', 'llama-2-32', 'llama-3-64',
-                   'digits-mlp'):
+                   'digits-mlp', 'mnist1d-mlp'):
         spec, = load_tasks({'tasks': [{'preset': preset, 'dataset': {'root': 'x', 'path': 'y'}}]})
         build_model(spec.arch)
     fm, = load_tasks({'tasks': [_fm()]})

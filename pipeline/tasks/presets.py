@@ -1,4 +1,5 @@
-"""Named task presets: the paper's vision and language tasks, Llama-style LMs and the offline quickstart task.
+"""Named task presets: the paper's vision and language tasks, Llama-style LMs, the offline quickstart task
+and MLPs on the generated MNIST-1D signals (offline too; 1,000 validation examples).
 
 A config entry `preset: fm-16` starts from these values; any field it sets overrides them.
 Vision states are recorded every 4 steps and language states every 200, as in the published
@@ -43,4 +44,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     'digits-mlp': dict(arch=dict(type='mlp', in_features=64, hidden=[32, 32], num_classes=10),
                        dataset=dict(name='digits'), optimizer='adamw', lr=[3e-3, 3e-3], batch_size=64,
                        record_every=4, eval_every=20, target=dict(metric='val_acc')),
+    'mnist1d-mlp': dict(arch=dict(type='mlp', in_features=40, hidden=[32, 32], num_classes=10),
+                        dataset=dict(name='mnist1d'), optimizer='adamw', lr=[1e-3, 1e-3], batch_size=32,
+                        record_every=4, eval_every=40, target=dict(metric='val_acc')),
 }
