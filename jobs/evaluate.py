@@ -8,8 +8,7 @@ run is saved under OUT/runs/ and skipped by a rerun; its file name carries a dig
 spec, the period (nowcasting methods only) and the checkpoint's bytes, so a changed config or a
 retrained checkpoint is run again rather than read stale. `--period N` overrides every task's
 period; `--guard N` adds each nowcaster guarded (`nino.NiNo(guard=...)`, scoring N training batches;
-method NAME+guardN, with `--guard-delay D` judged D steps after the nowcast: NAME+guardNdD; with
-`--guard-backoff` waiting 2^r - 1 periods after r turn-downs in a row: NAME+guardNdDb).
+method NAME+guardN, with `--guard-delay D` judged D steps after the nowcast: NAME+guardNdD).
 `--upd-scale`, `--k-power` and `--k-max` take comma-separated values and run each nowcaster with every
 combination (NiNo's `upd_scale`, `k_power`, `k_max`; methods NAME+uS+pP+kK, defaults left out of the
 name; see `metatrain.evaluation.MethodOptions`); `--record-initial` adds each with NiNo's
@@ -145,12 +144,10 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
              progress: bool = True, period: int | None = None, guard: int = 0,
              guard_delay: int = 0, upd_scales: list[float] | None = None, k_powers: list[float] | None = None,
              k_maxes: list[int | None] | None = None, seed_offset: int = 0,
-             record_initial: bool = False, reorder: int = 0,
-             guard_backoff: bool = False) -> tuple[list[Curve], str]:
+             record_initial: bool = False, reorder: int = 0) -> tuple[list[Curve], str]:
     """Run (or finish) the evaluation grid; write outputs; return the curves and the table. Each
     nowcaster runs with every combination of `upd_scales`, `k_powers` and `k_maxes` (default: the
-    paper's 1, 2 and the nowcaster's seq_len), and guarded as well with `guard` > 0 (backing off
-    after turn-downs with `guard_backoff`); with
+    paper's 1, 2 and the nowcaster's seq_len), and guarded as well with `guard` > 0; with
     `record_initial` each also with its states recorded from the initial one on; `reorder` adds Adam
     with its batches in `reorder` other orders (`adam+order1`, ...). The seeds are
     `EVAL_SEED + seed_offset` onwards."""
@@ -174,8 +171,6 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
     for value in k_maxes or []:
         if value is not None and value < 1:
             raise ConfigError(f'--k-max values must be positive horizons, got {value}')
-    if guard_backoff and not guard:
-        raise ConfigError('--guard-backoff needs --guard N (it changes what a guarded nowcaster does)')
     if reorder < 0:
         raise ConfigError(f'--reorder must be 0 or more, got {reorder}')
     methods: dict[str, str | None] = {BASE: None}
@@ -193,8 +188,7 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
             options = MethodOptions(name, upd_scale=u, k_power=p, k_max=k, record_initial=init)
             methods[options.label] = str(Path(ckpt).resolve())
             if guard:
-                guarded = replace(options, guard=guard, guard_delay=guard_delay, guard_backoff=guard_backoff)
-                methods[guarded.label] = methods[options.label]
+                methods[replace(options, guard=guard, guard_delay=guard_delay).label] = methods[options.label]
     if baselines:
         methods[LINEAR] = None
     check_periods(task_list, methods)
@@ -262,8 +256,6 @@ def main(argv: list[str] | None = None) -> int:
                                                              'many training batches per candidate')
     parser.add_argument('--guard-delay', type=int, default=0, help='judge each guarded nowcast this many steps '
                                                                    'after it (rolling it back if it did not pay off)')
-    parser.add_argument('--guard-backoff', action='store_true', help='guarded nowcasts back off: after r '
-                        'turned down in a row, the next comes 2^r - 1 periods later')
     parser.add_argument('--upd-scale', default='1', help='comma-separated scales of the predicted change; each '
                                                          'nowcaster runs with every one (default: 1)')
     parser.add_argument('--k-power', default='2', help='comma-separated decay powers of the horizon k (default: 2)')
@@ -279,7 +271,6 @@ def main(argv: list[str] | None = None) -> int:
                             args.address or os.environ.get('RAY_ADDRESS'), not args.no_baselines,
                             period=args.period, guard=args.guard, guard_delay=args.guard_delay,
                             seed_offset=args.seed_offset, record_initial=args.record_initial, reorder=args.reorder,
-                            guard_backoff=args.guard_backoff,
                             **options)
     except ConfigError as err:
         print(f'error: {err}', file=sys.stderr)

@@ -63,17 +63,15 @@ class Curve:
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """What a method name says: `NAME[+guardN[dD][b]][+uS][+pP][+kK][+init][+orderO]`: nowcaster NAME,
-    guarded on N training batches (judged D steps after the nowcast; b: backing off after turn-downs),
-    predicted change scaled by S, horizon decaying with power P from K, states recorded from the initial
-    one on (NiNo's `guard`, `guard_delay`, `guard_backoff`, `upd_scale`, `k_power`, `k_max`,
-    `record_initial`), training batches in another order O (same initial weights: `adam+order1` is
-    Adam's run-to-run noise, a control for the other methods)."""
+    """What a method name says: `NAME[+guardN[dD]][+uS][+pP][+kK][+init][+orderO]`: nowcaster NAME, guarded
+    on N training batches (judged D steps after the nowcast), predicted change scaled by S, horizon
+    decaying with power P from K, states recorded from the initial one on (NiNo's `guard`, `guard_delay`,
+    `upd_scale`, `k_power`, `k_max`, `record_initial`), training batches in another order O (same
+    initial weights: `adam+order1` is Adam's run-to-run noise, a control for the other methods)."""
 
     name: str
     guard: int = 0
     guard_delay: int = 0
-    guard_backoff: bool = False
     upd_scale: float = 1.0
     k_power: float = 2.0
     k_max: int | None = None
@@ -86,7 +84,6 @@ class MethodOptions:
         out = self.name
         if self.guard:
             out += f'{GUARD}{self.guard}' + (f'd{self.guard_delay}' if self.guard_delay else '')
-            out += 'b' if self.guard_backoff else ''
         if self.upd_scale != 1.0:
             out += f'+u{self.upd_scale:g}'
         if self.k_power != 2.0:
@@ -100,7 +97,7 @@ class MethodOptions:
         return out
 
 
-METHOD_FORM = 'NAME[+guardN[dD][b]][+uS][+pP][+kK][+init][+orderO]'
+METHOD_FORM = 'NAME[+guardN[dD]][+uS][+pP][+kK][+init][+orderO]'
 
 #: Seed stride between batch orders: order O of seed S draws its batches from seed S + O * ORDER_STRIDE.
 ORDER_STRIDE = 104729
@@ -119,8 +116,7 @@ def parse_method(method: str) -> MethodOptions:
                 if fields['order'] < 1:
                     raise ValueError(part)
             elif part.startswith('guard'):
-                fields['guard_backoff'] = part.endswith('b')
-                count, _, delay = part[5:].removesuffix('b').partition('d')
+                count, _, delay = part[5:].partition('d')
                 fields['guard'], fields['guard_delay'] = int(count), int(delay or 0)
             elif part[:1] == 'u':
                 fields['upd_scale'] = float(part[1:])
@@ -131,9 +127,8 @@ def parse_method(method: str) -> MethodOptions:
             else:
                 raise ValueError(part)
     except ValueError:
-        raise ValueError(f'method {method!r}: expected {METHOD_FORM} (N batches, delay D steps, b: back off, '
-                         f'scale S, power P, first horizon K, states from the initial one, batch order O >= 1)'
-                         ) from None
+        raise ValueError(f'method {method!r}: expected {METHOD_FORM} (N batches, delay D steps, scale S, '
+                         f'power P, first horizon K, states from the initial one, batch order O >= 1)') from None
     return MethodOptions(name, **fields)
 
 
@@ -189,7 +184,6 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
 
         opt = NiNo(base, model, ckpt=nowcaster, period=period, max_train_steps=spec.steps,
                    guard=guard if guard_set else None, guard_delay=options.guard_delay,
-                   guard_backoff=options.guard_backoff,
                    upd_scale=options.upd_scale, k_power=options.k_power, k_max=options.k_max,
                    record_initial=options.record_initial)
         gen = torch.Generator().manual_seed(seed + ORDER_STRIDE * options.order)

@@ -22,10 +22,8 @@ base optimizer take the step (1 + len(guard_scales) loss calls per nowcast). Aft
 optimizer's state, and N steps later rolls both back if the loss is not below the loss before the
 nowcast by `guard_margin` (2 loss calls per nowcast; the N steps are then lost); no nowcast is
 made within N steps of `max_train_steps`. Nowcasts usually raise the loss at first and pay off
-after ~100 steps (docs/results.md), which only the second form sees. With `guard_backoff`, r
-turned-down nowcasts in a row make the wrapper wait 2^r - 1 more periods before it records for the
-next one (a kept nowcast resets r), so a nowcaster that does not help a run costs a few judged
-nowcasts, not one per period. Each decision is kept in `guard_history` (and in the state dict).
+after ~100 steps (docs/results.md), which only the second form sees. Each decision is kept in
+`guard_history` (and in the state dict).
 """
 
 from __future__ import annotations
@@ -110,7 +108,6 @@ class NiNo(torch.optim.Optimizer):
         guard_margin: how much lower than the current parameters' loss a candidate's must be.
         guard_delay: 0 to judge candidates at once; N to judge the prediction N steps after it was
             written and roll it back (parameters and base optimizer state) if it did not pay off.
-        guard_backoff: after r turned-down nowcasts in a row, skip 2^r - 1 periods before the next.
     """
 
     def __init__(self, base_opt: torch.optim.Optimizer, model: nn.Module,
@@ -124,7 +121,7 @@ class NiNo(torch.optim.Optimizer):
                  k_power: float = 2.0, k_max: int | None = None, record_initial: bool = False,
                  guard: Callable[[], float | Tensor] | None = None,
                  guard_scales: Sequence[float] = (1.0, 0.5, 0.25), guard_margin: float = 0.0,
-                 guard_delay: int = 0, guard_backoff: bool = False) -> None:
+                 guard_delay: int = 0) -> None:
         # Optimizer.__init__ is not called: the wrapper has no param groups of its own (see the properties)
         self.base_opt = base_opt
         self.period = period
@@ -138,9 +135,6 @@ class NiNo(torch.optim.Optimizer):
         self.guard_scales = tuple(guard_scales)
         self.guard_margin = guard_margin
         self.guard_delay = guard_delay
-        self.guard_backoff = guard_backoff
-        self._turned_down = 0  # guarded nowcasts turned down in a row
-        self._resume_at = 0  # no recording before this step (the back-off after turned-down nowcasts)
         self.guard_history: list[dict] = []  # one entry per guarded nowcast
         self.edge_sample_ratio = check_edge_sample_ratio(edge_sample_ratio)
         self.amp = amp
@@ -221,7 +215,7 @@ class NiNo(torch.optim.Optimizer):
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """One optimizer step: the base optimizer's, or a nowcast at the end of a period."""
         nowcast = self.next_step_nowcasts
-        if self.nowcaster is not None and self._records and self.step_idx >= self._resume_at:
+        if self.nowcaster is not None and self._records:
             self._states.append(self._flat_params())
         if nowcast and self._nowcast():
             loss = None
@@ -263,13 +257,10 @@ class NiNo(torch.optim.Optimizer):
         if self.guard is not None and self.guard_delay:
             self._pending = {'step': self.step_idx + 1, 'k': k, 'loss_before': self._score(),
                              'params': current.clone(), 'base': copy.deepcopy(self.base_opt.state_dict())}
-        if self.guard is not None and not self.guard_delay:
-            accepted = self._guard(current, x, k)  # leaves the chosen candidate (or the current parameters)
-            self._decided(accepted, self.step_idx + 1)
-            if not accepted:
-                self.num_rejected += 1
-                return False
-        else:
+        elif self.guard is not None and not self._guard(current, x, k):  # leaves its chosen candidate
+            self.num_rejected += 1
+            return False
+        if self.guard is None or self.guard_delay:
             self._write(x)
         self.num_nowcasts += 1
         log.info('NiNo nowcast at step %d with k=%d', self.step_idx + 1, k)
@@ -293,21 +284,10 @@ class NiNo(torch.optim.Optimizer):
             self._states = []  # recorded on the discarded branch
             self.num_nowcasts -= 1
             self.num_rejected += 1
-        self._decided(kept, self.step_idx)
         self.guard_history.append({'step': pending['step'], 'k': pending['k'], 'loss_before': pending['loss_before'],
                                    'loss_after': after, 'scale': self.upd_scale, 'accepted': kept})
         log.info('NiNo guard, %d steps after the nowcast at step %d: loss %.4g -> %.4g: %s', self.guard_delay,
                  pending['step'], pending['loss_before'], after, 'kept' if kept else 'rolled back')
-
-    def _decided(self, accepted: bool, next_step: int) -> None:
-        """Count a guard's decision; with `guard_backoff`, after r turn-downs in a row the next nowcast
-        comes 2^r - 1 periods later than it would (recording resumes that much later; `next_step` is
-        the index of the step after the decision)."""
-        self._turned_down = 0 if accepted else self._turned_down + 1
-        if self.guard_backoff and not accepted:
-            self._resume_at = next_step + (2 ** self._turned_down - 1) * self.period
-            log.info('NiNo guard: %d nowcasts turned down in a row, the next one waits until after step %d',
-                     self._turned_down, self._resume_at)
 
     def _guard(self, current: Tensor, x: Tensor, k: int) -> bool:
         """Score the current parameters and each candidate along the change to `x`; leave the best in
@@ -345,7 +325,6 @@ class NiNo(torch.optim.Optimizer):
                          'max_train_steps': self.max_train_steps, 'record_initial': self.record_initial,
                          'num_nowcasts': self.num_nowcasts,
                          'num_rejected': self.num_rejected, 'guard_history': list(self.guard_history),
-                         'turned_down': self._turned_down, 'resume_at': self._resume_at,
                          'pending': None if self._pending is None
                          else {**self._pending, 'params': self._pending['params'].cpu().clone()},
                          'states': [s.detach().cpu().clone() for s in self._states],
@@ -370,7 +349,6 @@ class NiNo(torch.optim.Optimizer):
         self.num_nowcasts = nino['num_nowcasts']
         self.num_rejected = nino['num_rejected']
         self.guard_history = list(nino.get('guard_history', []))
-        self._turned_down, self._resume_at = nino.get('turned_down', 0), nino.get('resume_at', 0)
         pending = nino.get('pending')
         self._pending = None if pending is None else {**pending, 'params': pending['params'].to(self.edge_device)}
         device = self.edge_device if self.nowcaster is not None else 'cpu'

@@ -320,37 +320,6 @@ def test_the_guard_writes_the_candidate_it_chose_not_the_whole_change():
     assert torch.allclose(seen[2], torch.lerp(seen[0], seen[1], 0.5), atol=1e-6)
 
 
-def test_the_guard_backs_off_after_turn_downs_in_a_row_and_a_kept_nowcast_resets_it():
-    model, x, y = _regression(7)
-    verdict = ['down']
-    scores = iter(range(10**6, 0, -1))  # 'up': every call scores lower than the last, so a candidate wins
-
-    def guard() -> float:
-        return 1.0 if verdict[0] == 'down' else float(next(scores))
-
-    def make(backoff: bool) -> NiNo:
-        return NiNo(torch.optim.SGD(model.parameters(), lr=0.01), model, ckpt=LinearExtrapolation(seq_len=10),
-                    period=5, max_train_steps=60, guard=guard, guard_backoff=backoff)
-
-    plain = make(False)
-    _run([(model, plain)], x, y, 20)
-    assert [h['step'] for h in plain.guard_history] == [5, 10, 15, 20]  # one judged nowcast per period
-    opt = make(True)
-    _run([(model, opt)], x, y, 14)
-    assert [h['step'] for h in opt.guard_history] == [5]  # turned down once: the next waits one period more
-    verdict[0] = 'up'
-    _run([(model, opt)], x, y, 1)
-    assert [(h['step'], h['accepted']) for h in opt.guard_history] == [(5, False), (15, True)]
-    verdict[0] = 'down'
-    _run([(model, opt)], x, y, 6)  # kept at 15 reset the count: the next comes at 20, turned down
-    assert (opt._turned_down, opt._resume_at) == (1, 25)
-    resumed = make(True)
-    resumed.load_state_dict(copy.deepcopy(opt.state_dict()))
-    _run([(model, resumed)], x, y, 39)  # 30 (second down in a row: 3 periods off), 50; none left before 60
-    assert [h['step'] for h in resumed.guard_history] == [5, 15, 20, 30, 50]
-    assert resumed.num_rejected == 4 and resumed.num_nowcasts == 1
-
-
 def test_the_guard_takes_the_best_candidate_and_its_record_survives_a_resume():
     model, x, y = _regression(1)
     opt = NiNo(torch.optim.SGD(model.parameters(), lr=0.02), model, ckpt=LinearExtrapolation(seq_len=10), period=5,
