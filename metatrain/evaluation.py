@@ -163,8 +163,9 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
               lr: float | None = None) -> Curve:
     """Train `spec` from `seed` for `spec.steps` steps with the method; evaluate every `eval_every`.
     The method name sets the nowcast options (`MethodOptions`); a guarded one (`NAME+guardN`, or
-    `NAME+guardNdD` to judge D steps later) scores nowcasts on N training batches drawn once from
-    their own generator (the same batches every time); `+orderO` draws the training batches in
+    `NAME+guardNdD` to judge D steps later) scores nowcasts on the first N batches of the dataset's
+    guard split (`guard_size`, examples no method trains on), or without one on N training batches
+    drawn once from their own generator (the same batches every time); `+orderO` draws the training batches in
     another order from the same initial weights."""
     start = time.time()
     data = load_dataset(spec.dataset, spec.arch.get('vocab_size'))
@@ -176,8 +177,10 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
         init = hashlib.sha256(torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().tobytes())
         base = make_optimizer(spec.optimizer, model.parameters(), lr, spec.weight_decay)
         options = parse_method(method)
-        guard_set = [data.train_batch(spec.batch_size, torch.Generator().manual_seed(seed + 7919 * (i + 1)))
-                     for i in range(options.guard)]
+        guard_set = data.guard_batches(spec.batch_size)[:options.guard] if options.guard else []
+        if options.guard and not guard_set:  # no guard split: training batches, the same every time
+            guard_set = [data.train_batch(spec.batch_size, torch.Generator().manual_seed(seed + 7919 * (i + 1)))
+                         for i in range(options.guard)]
 
         def guard() -> float:
             return float(np.mean([loss_and_correct(model, x, y)[0].item() for x, y in guard_set]))

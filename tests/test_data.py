@@ -126,6 +126,19 @@ def test_mnist1d_is_generated_offline_with_a_thousand_validation_signals():
         load_dataset({'name': 'mnist1d', 'num_samples': 10})
 
 
+def test_guard_size_holds_the_last_training_examples_out_for_the_guard():
+    whole = load_dataset({'name': 'digits'})
+    data = load_dataset({'name': 'digits', 'guard_size': 100})
+    assert len(data.x_train) == len(whole.x_train) - 100 and torch.equal(data.x_val, whole.x_val)
+    assert torch.equal(data.x_guard, whole.x_train[-100:]) and torch.equal(data.y_guard, whole.y_train[-100:])
+    assert [len(x) for x, _ in data.guard_batches(32)] == [32, 32, 32, 4] and whole.guard_batches(32) == []
+    for bad in (0, len(whole.x_train), 'many'):
+        with pytest.raises(ValueError, match=f"'digits': field 'guard_size' must be an integer in .*{bad!r}"):
+            load_dataset({'name': 'digits', 'guard_size': bad})
+    with pytest.raises(ValueError, match="'guard_size' applies to classification datasets only"):
+        load_dataset({'name': 'text', 'path': str(TEXT), 'guard_size': 10})
+
+
 def test_download_file_checks_md5_and_leaves_nothing_on_mismatch(tmp_path):
     src = SHARED / 'data' / 'tinyshakespeare' / 'input.txt'
     md5 = hashlib.md5(src.read_bytes()).hexdigest()

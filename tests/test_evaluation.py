@@ -144,7 +144,7 @@ def test_methods_share_initial_weights_and_batches():
         adam.batch_checksum, reordered.batch_checksum, other.batch_checksum)
 
 
-def test_a_guarded_bad_nowcaster_ends_exactly_where_adam_ends():
+def test_a_guarded_bad_nowcaster_ends_exactly_where_adam_ends(monkeypatch):
     spec, = load_tasks({'tasks': [{'preset': 'digits-mlp', 'steps': 120, 'eval_every': 20}]})
     adam = run_curve(spec, 1000, 'adam', None, period=50)
     guarded = run_curve(spec, 1000, 'far+guard2', FarOff(seq_len=40), period=50)
@@ -152,6 +152,17 @@ def test_a_guarded_bad_nowcaster_ends_exactly_where_adam_ends():
     assert guarded.values == adam.values  # the base optimizer took every step, from the same parameters
     unguarded = run_curve(spec, 1000, 'far', FarOff(seq_len=40), period=50)
     assert unguarded.nowcast_steps == [50, 100] and unguarded.values[-1] != adam.values[-1]
+    held, = load_tasks({'tasks': [{'preset': 'digits-mlp', 'steps': 120, 'eval_every': 20,
+                                   'dataset': {'name': 'digits', 'guard_size': 128}}]})
+    adam_held = run_curve(held, 1000, 'adam', None, period=50)  # every method trains without the guard split
+    assert adam_held.batch_checksum != adam.batch_checksum and adam_held.init_checksum == adam.init_checksum
+    from pipeline.data import ClassificationData
+    asked = []
+    split = ClassificationData.guard_batches
+    monkeypatch.setattr(ClassificationData, 'guard_batches', lambda self, n: asked.append(n) or split(self, n))
+    far_held = run_curve(held, 1000, 'far+guard2', FarOff(seq_len=40), period=50)  # scored on the guard split
+    assert asked == [held.batch_size]
+    assert far_held.rejected_steps == [50, 100] and far_held.values == adam_held.values
 
 
 def test_method_names_carry_the_nowcast_options_and_read_back():
