@@ -47,14 +47,14 @@ def write_table(rows: list[SpeedupRow], targets: dict[str, float], metrics: dict
     return table
 
 
-def _styles(methods: list[str]) -> dict[str, tuple[str, str]]:
+def _styles(methods: list[str]) -> dict[str, tuple[str, str | tuple]]:
     """(colour, line style) per method: one colour per nowcaster, one line style per set of options
     (`NAME+...` variants share NAME's colour), so a dozen methods stay apart in one plot."""
     names = list(dict.fromkeys(m.split('+')[0] for m in methods))
     options = list(dict.fromkeys('+'.join(m.split('+')[1:]) for m in methods))
-    dashes = ['-', '--', '-.', ':']
-    return {m: (f'C{names.index(m.split("+")[0]) % 10}', dashes[options.index('+'.join(m.split('+')[1:])) % 4])
-            for m in methods}
+    dashes = ['-', '--', '-.', ':', (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 2, 2))]
+    return {m: (f'C{names.index(m.split("+")[0]) % 10}',
+                dashes[options.index('+'.join(m.split('+')[1:])) % len(dashes)]) for m in methods}
 
 
 def plot_curves(curves: list[Curve], targets: dict[str, float], out: Path) -> list[Path]:

@@ -98,6 +98,8 @@ def test_a_nowcasters_variants_share_its_colour_and_differ_in_line_style():
     styles = _styles(['adam', 'a', 'a+guard4d20', 'a+init', 'b', 'b+init'])
     assert styles['a'][0] == styles['a+init'][0] == styles['a+guard4d20'][0] != styles['b'][0] != styles['adam'][0]
     assert styles['a'][1] == styles['b'][1] != styles['a+init'][1] == styles['b+init'][1] != styles['a+guard4d20'][1]
+    five = _styles(['adam', 'adam+order1', 'a', 'a+guard4d20', 'a+guard4d20+init', 'a+init'])
+    assert len({style for _, style in five.values()}) == 5  # five option sets, five line styles
 
 
 def test_tail_comparison_averages_the_last_evaluations():
