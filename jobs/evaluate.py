@@ -3,22 +3,23 @@
 
 For every (task, seed, method) one Ray task trains the task from that seed: with the base optimizer
 alone ('adam'), with each nowcaster checkpoint (named after its file), and with the
-linear-extrapolation baseline ('linear'); same initial weights and batches for all methods. Each finished
-run is saved under OUT/runs/ and skipped by a rerun; its file name carries a digest of the task
-spec, the period (nowcasting methods only) and the checkpoint's bytes, so a changed config or a
+linear-extrapolation baseline ('linear'); same initial weights and batches for all methods. Each
+finished run is saved under OUT/runs/ and skipped by a rerun; its file name carries a digest of the
+task spec, the period (nowcasting methods only) and the checkpoint's bytes, so a changed config or a
 retrained checkpoint is run again rather than read stale. `--period N` overrides every task's
-period; `--guard N` adds each nowcaster guarded (`nino.NiNo(guard=...)`, scoring N training batches;
-method NAME+guardN, with `--guard-delay D` judged D steps after the nowcast: NAME+guardNdD).
-`--upd-scale`, `--k-power` and `--k-max` take comma-separated values and run each nowcaster with every
-combination (NiNo's `upd_scale`, `k_power`, `k_max`; methods NAME+uS+pP+kK, defaults left out of the
-name; see `metatrain.evaluation.MethodOptions`); `--record-initial` adds each with NiNo's
-`record_initial` (NAME+init). `--reorder N` adds the controls adam+order1 ... adam+orderN: Adam from
-the same initial weights with its batches in another order, whose rows (how often they end at least
-as good as adam, their paired difference) show the noise the other rows sit in. Seeds are 1000,
-1001, ...; `--seed-offset N` starts them at 1000 + N, so settings chosen on the first seeds can be
-confirmed on fresh ones (runs of a seed already in OUT are reused whatever the offset). Outputs in
-OUT: curves.json, curves.csv, summary.md (the speedup table, then steps to target and final metric
-per seed), speedups.csv, curves_<task>.png, speedup.png.
+period; `--guard N` adds each nowcaster guarded (`nino.NiNo(guard=...)`, scoring N batches of the
+dataset's guard split (`guard_size`) or else N fixed training batches; method NAME+guardN, with
+`--guard-delay D` judged D steps after the nowcast: NAME+guardNdD). `--upd-scale`, `--k-power` and
+`--k-max` take comma-separated values and run each nowcaster with every combination (NiNo's
+`upd_scale`, `k_power`, `k_max`; methods NAME+uS+pP+kK, defaults left out of the name; see
+`metatrain.evaluation.MethodOptions`); `--record-initial` adds each with NiNo's `record_initial`
+(NAME+init). `--reorder N` adds the controls adam+order1 ... adam+orderN: Adam from the same initial
+weights with its batches in another order, whose rows (how often they end at least as good as adam,
+their paired difference) show the noise the other rows sit in. Seeds are 1000, 1001, ...;
+`--seed-offset N` starts them at 1000 + N, so settings chosen on the first seeds can be confirmed on
+fresh ones (runs of a seed already in OUT are reused whatever the offset). Outputs in OUT:
+curves.json, curves.csv, summary.md (the speedup table, then steps to target and final metric per
+seed), speedups.csv, curves_<task>.png, speedup.png.
 
 The config lists tasks (task-spec entries, as in collection configs) with a `target` value per
 task and an optional `period` (steps between nowcasts, default 1000), e.g.

@@ -1,17 +1,17 @@
 """Evaluating nowcasters: training curves with and without them, steps to target, speedups.
 
 `run_curve` trains one task from one seed with a method (the base optimizer alone, a nowcaster
-checkpoint, or a baseline) and records the validation metric at every evaluation point. All
-methods of a (task, seed) start from the same initial weights and see the same batches in the
-same order (each curve carries checksums of both, so this can be checked), except `+orderO`
-methods, whose batches come in another order: `adam+order1` against `adam` shows how much of a
-difference between two runs of one seed is noise. `steps_to_target`
-and `speedups` do the arithmetic: speedup = steps(base) / steps(method), mean, std and a 95%
-t-interval of the mean over the seeds where both reached the target; beside it the metric at the
-end of the budget and on how many seeds it is at least the base's (same seed), so a method that
-reaches the target sooner but ends worse shows. `paired_variants` compares each nowcaster's variants
-(`NAME+options`) with `NAME` seed by seed: the seed-to-seed spread that widens every method's
-interval cancels in the difference, so a knob's effect can be told from noise with fewer seeds.
+checkpoint, or a baseline) and records the validation metric at every evaluation point. All methods
+of a (task, seed) start from the same initial weights and see the same batches in the same order
+(each curve carries checksums of both, so this can be checked), except `+orderO` methods, whose
+batches come in another order: `adam+order1` against `adam` shows how much of a difference between
+two runs of one seed is noise. `steps_to_target` and `speedups` do the arithmetic: speedup =
+steps(base) / steps(method), mean, std and a 95% t-interval of the mean over the seeds where both
+reached the target; beside it the metric at the end of the budget and on how many seeds it is at
+least the base's (same seed), so a method that reaches the target sooner but ends worse shows.
+`paired_variants` compares each nowcaster's variants (`NAME+options`) with `NAME` seed by seed: the
+seed-to-seed spread that widens every method's interval cancels in the difference, so a knob's
+effect can be told from noise with fewer seeds.
 """
 
 from __future__ import annotations
@@ -161,12 +161,12 @@ def metric_of(spec: TaskSpec) -> str:
 
 def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | None, period: int,
               lr: float | None = None) -> Curve:
-    """Train `spec` from `seed` for `spec.steps` steps with the method; evaluate every `eval_every`.
-    The method name sets the nowcast options (`MethodOptions`); a guarded one (`NAME+guardN`, or
+    """Train `spec` from `seed` for `spec.steps` steps with the method; evaluate every `eval_every`. The
+    method name sets the nowcast options (`MethodOptions`); a guarded one (`NAME+guardN`, or
     `NAME+guardNdD` to judge D steps later) scores nowcasts on the first N batches of the dataset's
     guard split (`guard_size`, examples no method trains on), or without one on N training batches
-    drawn once from their own generator (the same batches every time); `+orderO` draws the training batches in
-    another order from the same initial weights."""
+    drawn once from their own generator (the same batches every time); `+orderO` draws the training
+    batches in another order from the same initial weights."""
     start = time.time()
     data = load_dataset(spec.dataset, spec.arch.get('vocab_size'))
     metric = metric_of(spec)
