@@ -7,8 +7,9 @@ of a (task, seed) start from the same initial weights and see the same batches i
 batches come in another order: `adam+order1` against `adam` shows how much of a difference between
 two runs of one seed is noise. `steps_to_target` and `speedups` do the arithmetic: speedup =
 steps(base) / steps(method), mean, std and a 95% t-interval of the mean over the seeds where both
-reached the target; beside it the metric at the end of the budget and on how many seeds it is at
-least the base's (same seed), so a method that reaches the target sooner but ends worse shows.
+reached the target; beside it the metric at the end of the budget, its difference from the base's
+on the same seeds (mean and 95% t-interval) and on how many seeds it is at least the base's, so a
+method that reaches the target sooner but ends worse shows.
 `paired_variants` compares each nowcaster's variants (`NAME+options`) with `NAME` seed by seed: the
 seed-to-seed spread that widens every method's interval cancels in the difference, so a knob's
 effect can be told from noise with fewer seeds.
@@ -260,6 +261,8 @@ class SpeedupRow:
     final_mean: float = math.nan  # the metric at the end of the budget, mean over seeds
     final_not_worse: int = 0  # seeds where it ends at least as good as the base on the same seed
     tail_not_worse: int = 0  # the same for the mean of the last TAIL_EVALS evaluations (less noisy than one)
+    final_diff: float = math.nan  # mean over seeds of (its metric at the end - the base's, same seed)
+    final_diff_ci: float = math.nan  # half-width of the 95% t-interval of final_diff
 
 
 def _t_halfwidth(values: list[float]) -> float:
@@ -281,7 +284,7 @@ def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -
         target = targets[task]
         seeds = sorted({c.seed for c in curves if c.task == task})
         for method in methods:
-            reached, ratios, finals, not_worse, tail_not_worse = [], [], [], 0, 0
+            reached, ratios, finals, diffs, not_worse, tail_not_worse = [], [], [], [], 0, 0
             for seed in seeds:
                 c = by_key.get((task, seed, method))
                 if c is None:
@@ -296,6 +299,7 @@ def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -
                 if not (math.isnan(s) or math.isnan(sb)):
                     ratios.append(speedup(sb, s))
                 if b is not None:
+                    diffs.append(c.values[-1] - b.values[-1])
                     not_worse += _not_worse(c.values[-1], b.values[-1], higher)
                     tail_not_worse += _not_worse(float(np.mean(c.values[-TAIL_EVALS:])),
                                                  float(np.mean(b.values[-TAIL_EVALS:])), higher)
@@ -303,7 +307,9 @@ def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -
                                    float(np.mean(reached)) if reached else math.nan,
                                    float(np.mean(ratios)) if ratios else math.nan,
                                    float(np.std(ratios)) if ratios else math.nan, len(ratios), _t_halfwidth(ratios),
-                                   float(np.mean(finals)) if finals else math.nan, not_worse, tail_not_worse))
+                                   float(np.mean(finals)) if finals else math.nan, not_worse, tail_not_worse,
+                                   float(np.mean(diffs)) if diffs and method != base else math.nan,
+                                   _t_halfwidth(diffs) if method != base else math.nan))
     return rows
 
 
@@ -348,9 +354,9 @@ def paired_variants(curves: list[Curve], targets: dict[str, float], base: str = 
     return rows
 
 
-def _signed(x: float) -> str:
+def _signed(x: float, digits: int = 2) -> str:
     """'+0.13', '-0.04', and '+0.00' for what rounds to zero (never '-0.00')."""
-    return f'{x:+.2f}' if round(x, 2) != 0 else '+0.00'
+    return f'{x:+.{digits}f}' if round(x, digits) != 0 else f'{0:+.{digits}f}'
 
 
 def paired_table(rows: list[PairedRow]) -> str:
@@ -368,10 +374,12 @@ def paired_table(rows: list[PairedRow]) -> str:
 
 def markdown_table(rows: list[SpeedupRow], targets: dict[str, float], metric_names: dict[str, str]) -> str:
     """The speedup table a person reads: per method, how often and how fast it reaches the target, the
-    speedup (mean ± std, and the 95% interval of the mean), and the metric at the end of the budget."""
+    speedup (mean ± std, and the 95% interval of the mean), and the metric at the end of the budget:
+    its mean, its difference from Adam's on the same seeds (mean and 95% interval), and on how many
+    seeds it is at least Adam's."""
     lines = ['| task | target | method | reached | steps to target | speedup vs Adam | 95% interval | fewer steps '
-             f'| at the end | end >= Adam | last {TAIL_EVALS} evals >= Adam |',
-             '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+             f'| at the end | end - Adam (95% interval) | end >= Adam | last {TAIL_EVALS} evals >= Adam |',
+             '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
     for r in rows:
         name = metric_names.get(r.task, 'val_acc')
         steps = '-' if math.isnan(r.steps_mean) else f'{r.steps_mean:.0f}'
@@ -382,8 +390,11 @@ def markdown_table(rows: list[SpeedupRow], targets: dict[str, float], metric_nam
         if not math.isnan(r.speedup_ci):
             interval = f'{r.speedup_mean - r.speedup_ci:.2f}-{r.speedup_mean + r.speedup_ci:.2f}x'
         final = '-' if math.isnan(r.final_mean) else f'{r.final_mean:.3f}'
+        diff = '-' if math.isnan(r.final_diff) else _signed(r.final_diff, 3)
+        if not math.isnan(r.final_diff_ci):
+            diff += f' ({_signed(r.final_diff - r.final_diff_ci, 3)} to {_signed(r.final_diff + r.final_diff_ci, 3)})'
         lines.append(f'| {r.task} | {target_text(name, targets[r.task])} | {r.method} | {r.reached}/{r.seeds} '
-                     f'| {steps} | {speed} | {interval} | {fewer} | {final} | {r.final_not_worse}/{r.seeds} '
+                     f'| {steps} | {speed} | {interval} | {fewer} | {final} | {diff} | {r.final_not_worse}/{r.seeds} '
                      f'| {r.tail_not_worse}/{r.seeds} |')
     return '\n'.join(lines)
 

@@ -62,8 +62,12 @@ def test_speedups_use_only_seeds_where_both_reached():
     assert (nino.final_mean, nino.final_not_worse) == (pytest.approx(0.9), 3)
     assert (rows['bad'].final_mean, rows['bad'].final_not_worse) == (0.0, 1)  # only seed 2 (Adam ends at 0 too)
     table = markdown_table(list(rows.values()), {'t': 0.8}, {'t': 'val_acc'})
-    assert '| t | val_acc >= 0.8 | nino | 3/3 | 133 | 2.50x ± 0.50 | -3.85-8.85x | 60% | 0.900 | 3/3 | 3/3 |' in table
-    assert '| t | val_acc >= 0.8 | bad | 0/3 | - | - | - | - | 0.000 | 1/3 | 1/3 |' in table
+    assert nino.final_diff == pytest.approx(0.3)  # its end minus Adam's: 0, 0, 0.9
+    assert nino.final_diff_ci == pytest.approx(4.3027 * 0.27 ** 0.5 / 3 ** 0.5, rel=1e-4)  # t(0.975, 2) sd / sqrt(3)
+    assert '| t | val_acc >= 0.8 | nino | 3/3 | 133 | 2.50x ± 0.50 | -3.85-8.85x | 60% | 0.900 | +0.300 (-0.991 to ' \
+           '+1.591) | 3/3 | 3/3 |' in table
+    assert '| t | val_acc >= 0.8 | bad | 0/3 | - | - | - | - | 0.000 | -0.600 (-1.891 to +0.691) | 1/3 | 1/3 |' in table
+    assert '| t | val_acc >= 0.8 | adam | 2/3 | 350 | 1.00x ± 0.00 | 1.00-1.00x | 0% | 0.600 | - | 3/3 | 3/3 |' in table
     per_seed = per_seed_table(curves, {'t': 0.8}).splitlines()
     assert per_seed[0] == 't, per seed: steps to val_acc >= 0.8; val_acc at the end'
     assert per_seed[2] == '| seed | adam | bad | nino |'
