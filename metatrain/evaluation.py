@@ -178,10 +178,11 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
         init = hashlib.sha256(torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().tobytes())
         base = make_optimizer(spec.optimizer, model.parameters(), lr, spec.weight_decay)
         options = parse_method(method)
-        guard_set = data.guard_batches(spec.batch_size)[:options.guard] if options.guard else []
-        if options.guard and not guard_set:  # no guard split: training batches, the same every time
-            guard_set = [data.train_batch(spec.batch_size, torch.Generator().manual_seed(seed + 7919 * (i + 1)))
-                         for i in range(options.guard)]
+        guard_set = []
+        if options.guard:  # the guard split's first batches, or else fixed training batches
+            guard_set = data.guard_batches(spec.batch_size)[:options.guard] or [
+                data.train_batch(spec.batch_size, torch.Generator().manual_seed(seed + 7919 * (i + 1)))
+                for i in range(options.guard)]
 
         def guard() -> float:
             return float(np.mean([loss_and_correct(model, x, y)[0].item() for x, y in guard_set]))

@@ -137,9 +137,8 @@ def _mnist1d(cfg: dict[str, Any]) -> ClassificationData:
     finally:
         random.setstate(states[0])
         np.random.set_state(states[1])
-    x, y = (torch.from_numpy(d['x']).float(), torch.from_numpy(d['x_test']).float()), \
-        (torch.from_numpy(d['y']).long(), torch.from_numpy(d['y_test']).long())
-    return ClassificationData(x[0], y[0], x[1], y[1])
+    return ClassificationData(torch.from_numpy(d['x']).float(), torch.from_numpy(d['y']).long(),
+                              torch.from_numpy(d['x_test']).float(), torch.from_numpy(d['y_test']).long())
 
 
 def _text(cfg: dict[str, Any]) -> TokenData:
