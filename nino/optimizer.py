@@ -21,7 +21,11 @@ base optimizer take the step (1 + len(guard_scales) loss calls per nowcast). Aft
 (`guard_delay=N`): it takes the prediction, keeps a copy of the parameters and of the base
 optimizer's state, and N steps later rolls both back if the loss is not below the loss before the
 nowcast by `guard_margin` (2 loss calls per nowcast; the N steps are then lost); no nowcast is
-made within N steps of `max_train_steps`. Nowcasts usually raise the loss at first and pay off
+made within N steps of `max_train_steps`. With `guard_branch` the base optimizer also trains the
+pre-nowcast parameters during those N steps (a branch: its own copy of the base optimizer's state,
+gradients from `step(closure)` on the same batches), the nowcast is kept only if it beats that
+branch, and a rollback switches to the branch, so no step is lost (N + 1 gradient evaluations and
+3 loss calls per nowcast). Nowcasts usually raise the loss at first and pay off
 after ~100 steps (docs/results.md), which only the second form sees. Each decision is kept in
 `guard_history` (and in the state dict).
 """
@@ -32,6 +36,7 @@ import copy
 import logging
 import math
 import warnings
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -108,6 +113,10 @@ class NiNo(torch.optim.Optimizer):
         guard_margin: how much lower than the current parameters' loss a candidate's must be.
         guard_delay: 0 to judge candidates at once; N to judge the prediction N steps after it was
             written and roll it back (parameters and base optimizer state) if it did not pay off.
+        guard_branch: with `guard_delay`, judge the nowcast against the base optimizer's own N steps
+            from the pre-nowcast parameters, and switch to those on a rollback; `step()` then needs
+            a closure (zero the gradients, compute the loss, backward, return it) at nowcasts and
+            the N steps after.
     """
 
     def __init__(self, base_opt: torch.optim.Optimizer, model: nn.Module,
@@ -121,7 +130,7 @@ class NiNo(torch.optim.Optimizer):
                  k_power: float = 2.0, k_max: int | None = None, record_initial: bool = False,
                  guard: Callable[[], float | Tensor] | None = None,
                  guard_scales: Sequence[float] = (1.0, 0.5, 0.25), guard_margin: float = 0.0,
-                 guard_delay: int = 0) -> None:
+                 guard_delay: int = 0, guard_branch: bool = False) -> None:
         # Optimizer.__init__ is not called: the wrapper has no param groups of its own (see the properties)
         self.base_opt = base_opt
         self.period = period
@@ -135,12 +144,16 @@ class NiNo(torch.optim.Optimizer):
         self.guard_scales = tuple(guard_scales)
         self.guard_margin = guard_margin
         self.guard_delay = guard_delay
+        self.guard_branch = guard_branch
         self.guard_history: list[dict] = []  # one entry per guarded nowcast
         self.edge_sample_ratio = check_edge_sample_ratio(edge_sample_ratio)
         self.amp = amp
         self._pending: dict | None = None  # a nowcast awaiting its delayed judgement, with the copy to roll back to
         if guard is not None and (not self.guard_scales or min(self.guard_scales) <= 0):
             raise ValueError(f'guard_scales must be positive scales of the predicted change, got {guard_scales}')
+        if guard_branch and (guard is None or guard_delay < 1):
+            raise ValueError(f'guard_branch needs a guard and a guard_delay of 1 or more (got guard='
+                             f'{"None" if guard is None else "given"}, guard_delay={guard_delay})')
         self._params = [p for _, p in model.named_parameters()]
         held = {id(p) for group in base_opt.param_groups for p in group['params']}
         self._optimised = [id(p) in held for p in self._params]
@@ -197,7 +210,8 @@ class NiNo(torch.optim.Optimizer):
     @property
     def need_grads(self) -> bool:
         """False when the next step is a nowcast that is surely taken, so `loss.backward()` can be
-        skipped; with an immediate guard the base optimizer may take that step after all."""
+        skipped; with an immediate guard the base optimizer may take that step after all (with a guard
+        branch the closure computes the gradients)."""
         return not self.next_step_nowcasts or (self.guard is not None and not self.guard_delay)
 
     @property
@@ -215,14 +229,21 @@ class NiNo(torch.optim.Optimizer):
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """One optimizer step: the base optimizer's, or a nowcast at the end of a period."""
         nowcast = self.next_step_nowcasts
+        if self.guard_branch and closure is None and (nowcast or self._pending is not None):
+            raise ValueError(f'NiNo with guard_branch: step {self.step_idx + 1} needs step(closure) (the base '
+                             f'optimizer also trains the pre-nowcast parameters on this batch)')
         if self.nowcaster is not None and self._records:
             self._states.append(self._flat_params())
         if nowcast and self._nowcast():
             loss = None
-            if closure is not None:
+            if self._pending is not None and self.guard_branch:
+                loss = self._step_branch(closure)  # the branch takes the step the nowcast replaced
+            elif closure is not None:
                 with torch.enable_grad():
                     loss = closure()
         else:
+            if self._pending is not None and self.guard_branch:
+                self._step_branch(closure)
             loss = self.base_opt.step(closure)
             if self.nowcaster is not None and len(self._states) >= self.ctx:
                 self._states = []  # a period whose nowcast was not made (too close to the end): start over
@@ -256,7 +277,7 @@ class NiNo(torch.optim.Optimizer):
             x = torch.lerp(current, x, self.upd_scale)
         if self.guard is not None and self.guard_delay:
             self._pending = {'step': self.step_idx + 1, 'k': k, 'loss_before': self._score(),
-                             'params': current.clone(), 'base': copy.deepcopy(self.base_opt.state_dict())}
+                             'params': current.clone(), 'state': _clone_state(self.base_opt.state)}
         elif self.guard is not None and not self._guard(current, x, k):  # leaves its chosen candidate
             self.num_rejected += 1
             return False
@@ -272,22 +293,54 @@ class NiNo(torch.optim.Optimizer):
             loss = float(self.guard())
         return loss if math.isfinite(loss) else math.inf
 
+    def _step_branch(self, closure: Callable[[], Tensor]) -> Tensor | None:
+        """One base optimizer step of the pending nowcast's branch (the parameters and base optimizer
+        state it would roll back to), on the batch the closure computes; the model is left as it was."""
+        pending = self._pending
+        with torch.no_grad():
+            here = self._flat_params()
+            self._write(pending['params'])
+        grads = [None if p.grad is None else p.grad.clone() for p in self._params]
+        self.base_opt.state, pending['state'] = pending['state'], self.base_opt.state
+        try:
+            loss = self.base_opt.step(closure)
+        finally:
+            self.base_opt.state, pending['state'] = pending['state'], self.base_opt.state
+            with torch.no_grad():
+                pending['params'] = self._flat_params()
+                self._write(here)
+            for p, g in zip(self._params, grads):
+                p.grad = g
+        return loss
+
     def _judge(self) -> None:
-        """`guard_delay` steps after a nowcast: keep it, or roll parameters and base optimizer state back."""
+        """`guard_delay` steps after a nowcast: keep it, or roll parameters and base optimizer state back
+        (to the pre-nowcast copy, or with `guard_branch` to the branch that went on without it)."""
         pending, self._pending = self._pending, None
         after = self._score()
-        kept = after < pending['loss_before'] - self.guard_margin
+        against = pending['loss_before']
+        if self.guard_branch:
+            with torch.no_grad():
+                here = self._flat_params()
+                self._write(pending['params'])
+                against = self._score()
+                self._write(here)
+        kept = after < against - self.guard_margin
         if not kept:
             with torch.no_grad():
                 self._write(pending['params'])
-            self.base_opt.load_state_dict(pending['base'])
+            self.base_opt.state = pending['state']
             self._states = []  # recorded on the discarded branch
             self.num_nowcasts -= 1
             self.num_rejected += 1
-        self.guard_history.append({'step': pending['step'], 'k': pending['k'], 'loss_before': pending['loss_before'],
-                                   'loss_after': after, 'scale': self.upd_scale, 'accepted': kept})
-        log.info('NiNo guard, %d steps after the nowcast at step %d: loss %.4g -> %.4g: %s', self.guard_delay,
-                 pending['step'], pending['loss_before'], after, 'kept' if kept else 'rolled back')
+        record = {'step': pending['step'], 'k': pending['k'], 'loss_before': pending['loss_before'],
+                  'loss_after': after, 'scale': self.upd_scale, 'accepted': kept}
+        if self.guard_branch:
+            record['loss_branch'] = against
+        self.guard_history.append(record)
+        log.info('NiNo guard, %d steps after the nowcast at step %d: loss %.4g -> %.4g (%s %.4g): %s',
+                 self.guard_delay, pending['step'], pending['loss_before'], after,
+                 'branch' if self.guard_branch else 'before', against, 'kept' if kept else 'rolled back')
 
     def _guard(self, current: Tensor, x: Tensor, k: int) -> bool:
         """Score the current parameters and each candidate along the change to `x`; leave the best in
@@ -325,11 +378,20 @@ class NiNo(torch.optim.Optimizer):
                          'max_train_steps': self.max_train_steps, 'record_initial': self.record_initial,
                          'num_nowcasts': self.num_nowcasts,
                          'num_rejected': self.num_rejected, 'guard_history': list(self.guard_history),
-                         'pending': None if self._pending is None
-                         else {**self._pending, 'params': self._pending['params'].cpu().clone()},
+                         'pending': None if self._pending is None else self._pending_state_dict(),
                          'states': [s.detach().cpu().clone() for s in self._states],
                          'lpe': None if self.nowcaster is None or self.graphs.parts[0].lpe is None
                          else [pe.cpu().clone() for pe in self.graphs.lpe]}}
+
+    def _pending_state_dict(self) -> dict:
+        """The pending nowcast's copy with its base optimizer state as a state_dict ('base')."""
+        pending = {key: value for key, value in self._pending.items() if key != 'state'}
+        self.base_opt.state, main = self._pending['state'], self.base_opt.state
+        try:
+            pending['base'] = copy.deepcopy(self.base_opt.state_dict())
+        finally:
+            self.base_opt.state = main
+        return {**pending, 'params': pending['params'].cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict()`; period, max_train_steps and record_initial must match this wrapper's."""
@@ -344,13 +406,17 @@ class NiNo(torch.optim.Optimizer):
         n = sum(p.numel() for p in self._params)
         if any(s.numel() != n for s in nino['states']):
             raise ValueError(f'NiNo state_dict holds states of another model (expected {n} values each)')
+        pending = nino.get('pending')
+        if pending is not None:  # its base optimizer state first: loading the main one replaces `state`
+            self.base_opt.load_state_dict(pending['base'])
+            pending = {key: value for key, value in pending.items() if key != 'base'}
+            pending.update(params=pending['params'].to(self.edge_device), state=self.base_opt.state)
         self.base_opt.load_state_dict(state['base'])
+        self._pending = pending
         self.step_idx = nino['step_idx']
         self.num_nowcasts = nino['num_nowcasts']
         self.num_rejected = nino['num_rejected']
         self.guard_history = list(nino.get('guard_history', []))
-        pending = nino.get('pending')
-        self._pending = None if pending is None else {**pending, 'params': pending['params'].to(self.edge_device)}
         device = self.edge_device if self.nowcaster is not None else 'cpu'
         self._states = [s.to(device) for s in nino['states']]
         lpe = nino.get('lpe')
@@ -362,3 +428,9 @@ class NiNo(torch.optim.Optimizer):
                                  f'{[tuple(pe.shape) for pe in lpe]}, this model needs {ours}')
             for part, pe in zip(self.graphs.parts, lpe):
                 part.lpe = pe.float().to(self.edge_device)
+
+
+def _clone_state(state: dict) -> defaultdict:
+    """A copy of an optimizer's per-parameter `state` (same parameter keys, tensors cloned)."""
+    return defaultdict(dict, {p: {key: value.clone() if isinstance(value, Tensor) else copy.deepcopy(value)
+                                  for key, value in entry.items()} for p, entry in state.items()})

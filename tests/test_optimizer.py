@@ -405,6 +405,72 @@ def test_a_delayed_guard_makes_no_nowcast_it_could_not_judge_before_the_end():
     assert opt.num_nowcasts == 0 and opt.guard_history == [] and opt._states == []
 
 
+def _run_closure(pairs, x, y, first: int, steps: int) -> None:
+    """Steps `first`..`first + steps - 1` through step(closure), each on its own mini-batch of 64."""
+    for step in range(first, first + steps):
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(step))[:64]
+        for model, opt in pairs:
+            def closure(model=model, opt=opt, idx=idx):
+                opt.zero_grad()
+                loss = F.mse_loss(model(x[idx]), y[idx])
+                loss.backward()
+                return loss
+            opt.step(closure)
+
+
+def test_a_guard_branch_rolls_back_to_the_base_optimizers_own_steps_and_resumes_exactly():
+    def make():
+        model, x, y = _regression(3)
+        opt = NiNo(torch.optim.Adam(model.parameters(), lr=0.01), model, ckpt=FarOff(seq_len=10), period=5,
+                   max_train_steps=12, guard=lambda: F.mse_loss(model(x), y), guard_delay=3, guard_branch=True)
+        return model, opt, x, y
+
+    model, opt, x, y = make()
+    alone = copy.deepcopy(model)
+    adam = torch.optim.Adam(alone.parameters(), lr=0.01)
+    flat = lambda m: torch.cat([p.detach().reshape(-1) for p in m.parameters()])  # noqa: E731
+    _run_closure([(model, opt), (alone, adam)], x, y, 1, 5)  # step 5: the far-off nowcast is written...
+    assert opt.num_nowcasts == 1 and not torch.allclose(flat(model), flat(alone))
+    saved = copy.deepcopy((model.state_dict(), opt.state_dict()))  # ...and saved while its branch trains
+    _run_closure([(model, opt), (alone, adam)], x, y, 6, 3)  # step 8: worse than the branch: switch to it
+    assert opt.num_nowcasts == 0 and opt.num_rejected == 1
+    assert torch.allclose(flat(model), flat(alone), atol=1e-7)  # Adam's 8 steps: none lost
+    assert str(opt.base_opt.state_dict()) == str(adam.state_dict())
+    (record,) = opt.guard_history
+    assert not record['accepted'] and record['loss_after'] > record['loss_branch']
+    assert record['loss_branch'] == pytest.approx(F.mse_loss(alone(x), y).item(), rel=1e-6)
+    _run_closure([(model, opt), (alone, adam)], x, y, 9, 1)
+    assert torch.allclose(flat(model), flat(alone), atol=1e-7)
+
+    resumed, other, _, _ = make()
+    resumed.load_state_dict(saved[0])
+    other.load_state_dict(saved[1])
+    _run_closure([(resumed, other)], x, y, 6, 4)
+    assert torch.allclose(flat(resumed), flat(alone), atol=1e-7) and other.guard_history == opt.guard_history
+
+
+def test_a_guard_branch_keeps_a_nowcast_that_beats_the_base_optimizers_own_steps():
+    model, x, y = _regression(4)
+    opt = NiNo(torch.optim.SGD(model.parameters(), lr=0.02), model, ckpt=LinearExtrapolation(seq_len=10), period=5,
+               max_train_steps=12, guard=lambda: F.mse_loss(model(x), y), guard_delay=3, guard_branch=True)
+    _run_closure([(model, opt)], x, y, 1, 8)
+    (record,) = opt.guard_history
+    assert record['accepted'] and record['loss_after'] < record['loss_branch'] < record['loss_before']
+    assert opt.num_nowcasts == 1 and opt._pending is None
+
+
+def test_a_guard_branch_needs_a_delay_and_a_closure():
+    model, x, y = _regression(5)
+    guard = lambda: F.mse_loss(model(x), y)  # noqa: E731
+    with pytest.raises(ValueError, match='guard_branch needs a guard and a guard_delay of 1 or more'):
+        NiNo(torch.optim.SGD(model.parameters()), model, ckpt=LinearExtrapolation(), guard=guard, guard_branch=True)
+    opt = NiNo(torch.optim.SGD(model.parameters(), lr=0.02), model, ckpt=LinearExtrapolation(seq_len=10), period=5,
+               max_train_steps=12, guard=guard, guard_delay=3, guard_branch=True)
+    _run([(model, opt)], x, y, 4)  # no closure needed before the nowcast
+    with pytest.raises(ValueError, match='step 5 needs step\\(closure\\)'):
+        _run([(model, opt)], x, y, 1)
+
+
 def test_record_initial_makes_the_first_nowcast_from_the_initial_state_on():
     model, x, y = _regression(6)
     alone = copy.deepcopy(model)
