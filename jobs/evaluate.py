@@ -143,12 +143,14 @@ def check_periods(task_list: list[tuple[TaskSpec, int, float]], methods: dict[st
 def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | None = None,
              tasks: list[str] | None = None, address: str | None = None, baselines: bool = True,
              progress: bool = True, period: int | None = None, guard: int = 0,
-             guard_delay: int = 0, upd_scales: list[float] | None = None, k_powers: list[float] | None = None,
+             guard_delay: int = 0, guard_branch: bool = False, upd_scales: list[float] | None = None,
+             k_powers: list[float] | None = None,
              k_maxes: list[int | None] | None = None, seed_offset: int = 0,
              record_initial: bool = False, reorder: int = 0) -> tuple[list[Curve], str]:
     """Run (or finish) the evaluation grid; write outputs; return the curves and the table. Each
     nowcaster runs with every combination of `upd_scales`, `k_powers` and `k_maxes` (default: the
-    paper's 1, 2 and the nowcaster's seq_len), and guarded as well with `guard` > 0; with
+    paper's 1, 2 and the nowcaster's seq_len), and guarded as well with `guard` > 0 (`guard_delay`,
+    `guard_branch`: NiNo's options of those names); with
     `record_initial` each also with its states recorded from the initial one on; `reorder` adds Adam
     with its batches in `reorder` other orders (`adam+order1`, ...). The seeds are
     `EVAL_SEED + seed_offset` onwards."""
@@ -174,6 +176,8 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
             raise ConfigError(f'--k-max values must be positive horizons, got {value}')
     if reorder < 0:
         raise ConfigError(f'--reorder must be 0 or more, got {reorder}')
+    if guard_branch and not (guard and guard_delay):
+        raise ConfigError(f'--guard-branch needs --guard and --guard-delay (got {guard} and {guard_delay})')
     methods: dict[str, str | None] = {BASE: None}
     methods.update({MethodOptions(BASE, order=o).label: None for o in range(1, reorder + 1)})
     for ckpt in nino:
@@ -189,7 +193,8 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
             options = MethodOptions(name, upd_scale=u, k_power=p, k_max=k, record_initial=init)
             methods[options.label] = str(Path(ckpt).resolve())
             if guard:
-                methods[replace(options, guard=guard, guard_delay=guard_delay).label] = methods[options.label]
+                guarded = replace(options, guard=guard, guard_delay=guard_delay, guard_branch=guard_branch)
+                methods[guarded.label] = methods[options.label]
     if baselines:
         methods[LINEAR] = None
     check_periods(task_list, methods)
@@ -257,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
                                                              'many training batches per candidate')
     parser.add_argument('--guard-delay', type=int, default=0, help='judge each guarded nowcast this many steps '
                                                                    'after it (rolling it back if it did not pay off)')
+    parser.add_argument('--guard-branch', action='store_true', help='judge each guarded nowcast against the base '
+                        "optimizer's own --guard-delay steps from before it, and switch to those on a rollback "
+                        '(NAME+guardNdD+branch)')
     parser.add_argument('--upd-scale', default='1', help='comma-separated scales of the predicted change; each '
                                                          'nowcaster runs with every one (default: 1)')
     parser.add_argument('--k-power', default='2', help='comma-separated decay powers of the horizon k (default: 2)')
@@ -271,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                             args.tasks.split(',') if args.tasks else None,
                             args.address or os.environ.get('RAY_ADDRESS'), not args.no_baselines,
                             period=args.period, guard=args.guard, guard_delay=args.guard_delay,
-                            seed_offset=args.seed_offset, record_initial=args.record_initial, reorder=args.reorder,
+                            guard_branch=args.guard_branch, seed_offset=args.seed_offset,
+                            record_initial=args.record_initial, reorder=args.reorder,
                             **options)
     except ConfigError as err:
         print(f'error: {err}', file=sys.stderr)

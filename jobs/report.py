@@ -18,10 +18,11 @@ def write_curves(curves: list[Curve], out: Path) -> None:
     (out / 'curves.json').write_text(json.dumps([c.to_dict() for c in curves], indent=1))
     with open(out / 'curves.csv', 'w', newline='') as f:
         w = csv.writer(f)
-        w.writerow(['task', 'seed', 'method', 'step', 'metric', 'value', 'nowcast_before'])
+        w.writerow(['task', 'seed', 'method', 'step', 'metric', 'value', 'nowcast_before', 'grad_evals'])
         for c in curves:
-            for s, v in zip(c.steps, c.values):
-                w.writerow([c.task, c.seed, c.method, s, c.metric, repr(v), sum(n <= s for n in c.nowcast_steps)])
+            grads = c.grad_evals if len(c.grad_evals) == len(c.steps) else [''] * len(c.steps)  # '': not counted
+            for s, v, g in zip(c.steps, c.values, grads):
+                w.writerow([c.task, c.seed, c.method, s, c.metric, repr(v), sum(n <= s for n in c.nowcast_steps), g])
 
 
 def write_table(rows: list[SpeedupRow], targets: dict[str, float], metrics: dict[str, str], out: Path,

@@ -54,6 +54,7 @@ class Curve:
     values: list[float]
     nowcast_steps: list[int] = field(default_factory=list)
     rejected_steps: list[int] = field(default_factory=list)  # where a guard turned down or rolled back a nowcast
+    grad_evals: list[int] = field(default_factory=list)  # gradient evaluations up to each of `steps`
     init_checksum: str = ''
     batch_checksum: str = ''
     wall_time: float = 0.0
@@ -64,15 +65,17 @@ class Curve:
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """What a method name says: `NAME[+guardN[dD]][+uS][+pP][+kK][+init][+orderO]`: nowcaster NAME, guarded
-    on N training batches (judged D steps after the nowcast), predicted change scaled by S, horizon
-    decaying with power P from K, states recorded from the initial one on (NiNo's `guard`, `guard_delay`,
-    `upd_scale`, `k_power`, `k_max`, `record_initial`), training batches in another order O (same
-    initial weights: `adam+order1` is Adam's run-to-run noise, a control for the other methods)."""
+    """What a method name says: `NAME[+guardN[dD]][+branch][+uS][+pP][+kK][+init][+orderO]`: nowcaster NAME,
+    guarded on N training batches (judged D steps after the nowcast, against the base optimizer's own D
+    steps with `+branch`), predicted change scaled by S, horizon decaying with power P from K, states
+    recorded from the initial one on (NiNo's `guard`, `guard_delay`, `guard_branch`, `upd_scale`,
+    `k_power`, `k_max`, `record_initial`), training batches in another order O (same initial weights:
+    `adam+order1` is Adam's run-to-run noise, a control for the other methods)."""
 
     name: str
     guard: int = 0
     guard_delay: int = 0
+    guard_branch: bool = False
     upd_scale: float = 1.0
     k_power: float = 2.0
     k_max: int | None = None
@@ -85,6 +88,8 @@ class MethodOptions:
         out = self.name
         if self.guard:
             out += f'{GUARD}{self.guard}' + (f'd{self.guard_delay}' if self.guard_delay else '')
+        if self.guard_branch:
+            out += '+branch'
         if self.upd_scale != 1.0:
             out += f'+u{self.upd_scale:g}'
         if self.k_power != 2.0:
@@ -98,7 +103,7 @@ class MethodOptions:
         return out
 
 
-METHOD_FORM = 'NAME[+guardN[dD]][+uS][+pP][+kK][+init][+orderO]'
+METHOD_FORM = 'NAME[+guardN[dD]][+branch][+uS][+pP][+kK][+init][+orderO]'
 
 #: Seed stride between batch orders: order O of seed S draws its batches from seed S + O * ORDER_STRIDE.
 ORDER_STRIDE = 104729
@@ -112,6 +117,8 @@ def parse_method(method: str) -> MethodOptions:
         for part in parts:
             if part == 'init':
                 fields['record_initial'] = True
+            elif part == 'branch':
+                fields['guard_branch'] = True
             elif part.startswith('order'):
                 fields['order'] = int(part[5:])
                 if fields['order'] < 1:
@@ -130,6 +137,8 @@ def parse_method(method: str) -> MethodOptions:
     except ValueError:
         raise ValueError(f'method {method!r}: expected {METHOD_FORM} (N batches, delay D steps, scale S, '
                          f'power P, first horizon K, states from the initial one, batch order O >= 1)') from None
+    if fields.get('guard_branch') and not (fields.get('guard') and fields.get('guard_delay')):
+        raise ValueError(f'method {method!r}: +branch needs a delayed guard before it (+guardNdD)')
     return MethodOptions(name, **fields)
 
 
@@ -189,15 +198,19 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
 
         opt = NiNo(base, model, ckpt=nowcaster, period=period, max_train_steps=spec.steps,
                    guard=guard if guard_set else None, guard_delay=options.guard_delay,
+                   guard_branch=options.guard_branch,
                    upd_scale=options.upd_scale, k_power=options.k_power, k_max=options.k_max,
                    record_initial=options.record_initial)
         gen = torch.Generator().manual_seed(seed + ORDER_STRIDE * options.order)
         batches = hashlib.sha256()
         curve = Curve(spec.name, seed, method, metric, [], [], init_checksum=init.hexdigest())
 
+        grad_evals = 0
+
         def record(step: int) -> None:
             loss, acc = evaluate(model, data, spec.batch_size)
             curve.steps.append(step)
+            curve.grad_evals.append(grad_evals)
             curve.values.append({'val_ppl': math.exp(min(loss, 50.0)), 'val_loss': loss, 'val_acc': acc}[metric])
 
         record(0)
@@ -205,11 +218,21 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
             x, y = data.train_batch(spec.batch_size, gen)
             batches.update(y.numpy().tobytes())
             nowcasts, rejected = opt.num_nowcasts, opt.num_rejected
-            if opt.need_grads:
-                loss, _ = loss_and_correct(model, x, y)
+
+            def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+                nonlocal grad_evals
+                grad_evals += 1
                 opt.zero_grad()
+                loss, _ = loss_and_correct(model, x, y)
                 loss.backward()
-            opt.step()
+                return loss
+
+            if options.guard_branch:  # the branch's gradients come from the closure too
+                opt.step(closure)
+            else:
+                if opt.need_grads:
+                    closure()
+                opt.step()
             if opt.num_nowcasts > nowcasts:
                 curve.nowcast_steps.append(step)
             if opt.num_rejected > rejected:
@@ -243,6 +266,15 @@ def curve_steps_to_target(curve: Curve, target: float) -> float:
     return steps_to_target(curve.steps, curve.values, target, HIGHER_IS_BETTER[curve.metric])
 
 
+def curve_grads_to_target(curve: Curve, target: float) -> float:
+    """Gradient evaluations up to the first evaluated step that reaches the target; NaN if it never
+    does or the curve does not count them (run before they were counted)."""
+    if len(curve.grad_evals) != len(curve.steps):
+        return math.nan
+    s = curve_steps_to_target(curve, target)
+    return math.nan if math.isnan(s) else float(curve.grad_evals[curve.steps.index(int(s))])
+
+
 def speedup(base_steps: float, steps: float) -> float:
     """steps(base) / steps(method), a method that reaches the target at step 0 counted as at step 1."""
     return max(base_steps, 1.0) / max(steps, 1.0)
@@ -264,6 +296,9 @@ class SpeedupRow:
     tail_not_worse: int = 0  # the same for the mean of the last TAIL_EVALS evaluations (less noisy than one)
     final_diff: float = math.nan  # mean over seeds of (its metric at the end - the base's, same seed)
     final_diff_ci: float = math.nan  # half-width of the 95% t-interval of final_diff
+    grads_mean: float = math.nan  # gradient evaluations to the target (where counted), mean over seeds
+    grad_speedup_mean: float = math.nan  # the speedup counted in gradient evaluations instead of steps
+    grad_speedup_ci: float = math.nan
 
 
 def _t_halfwidth(values: list[float]) -> float:
@@ -274,9 +309,10 @@ def _t_halfwidth(values: list[float]) -> float:
 
 
 def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -> list[SpeedupRow]:
-    """Per (task, method): how often and how fast the target is reached, the speedup over `base`, and
-    on how many seeds the method ends at least as good as `base` (last evaluation; mean of the last
-    TAIL_EVALS evaluations, since one evaluation moves by a point or more from step to step)."""
+    """Per (task, method): how often and how fast the target is reached, the speedup over `base` (in
+    steps, and in gradient evaluations where the curves count them), and on how many seeds the method
+    ends at least as good as `base` (last evaluation; mean of the last TAIL_EVALS evaluations, since
+    one evaluation moves by a point or more from step to step)."""
     by_key = {(c.task, c.seed, c.method): c for c in curves}
     rows = []
     tasks = sorted({c.task for c in curves})
@@ -286,6 +322,7 @@ def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -
         seeds = sorted({c.seed for c in curves if c.task == task})
         for method in methods:
             reached, ratios, finals, diffs, not_worse, tail_not_worse = [], [], [], [], 0, 0
+            grads, grad_ratios = [], []
             for seed in seeds:
                 c = by_key.get((task, seed, method))
                 if c is None:
@@ -299,6 +336,12 @@ def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -
                 sb = curve_steps_to_target(b, target) if b else math.nan
                 if not (math.isnan(s) or math.isnan(sb)):
                     ratios.append(speedup(sb, s))
+                g = curve_grads_to_target(c, target)
+                if not math.isnan(g):
+                    grads.append(g)
+                gb = curve_grads_to_target(b, target) if b else math.nan
+                if not (math.isnan(g) or math.isnan(gb)):
+                    grad_ratios.append(speedup(gb, g))
                 if b is not None:
                     diffs.append(c.values[-1] - b.values[-1])
                     not_worse += _not_worse(c.values[-1], b.values[-1], higher)
@@ -310,7 +353,9 @@ def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -
                                    float(np.std(ratios)) if ratios else math.nan, len(ratios), _t_halfwidth(ratios),
                                    float(np.mean(finals)) if finals else math.nan, not_worse, tail_not_worse,
                                    float(np.mean(diffs)) if diffs and method != base else math.nan,
-                                   _t_halfwidth(diffs) if method != base else math.nan))
+                                   _t_halfwidth(diffs) if method != base else math.nan,
+                                   float(np.mean(grads)) if grads else math.nan,
+                                   float(np.mean(grad_ratios)) if grad_ratios else math.nan, _t_halfwidth(grad_ratios)))
     return rows
 
 
@@ -377,10 +422,13 @@ def markdown_table(rows: list[SpeedupRow], targets: dict[str, float], metric_nam
     """The speedup table a person reads: per method, how often and how fast it reaches the target, the
     speedup (mean ± std, and the 95% interval of the mean), and the metric at the end of the budget:
     its mean, its difference from Adam's on the same seeds (mean and 95% interval), and on how many
-    seeds it is at least Adam's."""
+    seeds it is at least Adam's. When a method evaluates more gradients than it takes steps (a guard
+    branch), a column gives the speedup counted in gradient evaluations too."""
+    grads = any(r.grads_mean > r.steps_mean for r in rows)
     lines = ['| task | target | method | reached | steps to target | speedup vs Adam | 95% interval | fewer steps '
-             f'| at the end | end - Adam (95% interval) | end >= Adam | last {TAIL_EVALS} evals >= Adam |',
-             '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+             + ('| speedup in gradients (95% interval) ' if grads else '')
+             + f'| at the end | end - Adam (95% interval) | end >= Adam | last {TAIL_EVALS} evals >= Adam |',
+             '|---|---|---|---:|---:|---:|---:|---:|' + ('---:|' if grads else '') + '---:|---:|---:|---:|']
     for r in rows:
         name = metric_names.get(r.task, 'val_acc')
         steps = '-' if math.isnan(r.steps_mean) else f'{r.steps_mean:.0f}'
@@ -394,9 +442,15 @@ def markdown_table(rows: list[SpeedupRow], targets: dict[str, float], metric_nam
         diff = '-' if math.isnan(r.final_diff) else _signed(r.final_diff, 3)
         if not math.isnan(r.final_diff_ci):
             diff += f' ({_signed(r.final_diff - r.final_diff_ci, 3)} to {_signed(r.final_diff + r.final_diff_ci, 3)})'
+        grad = ''
+        if grads:
+            mean, ci = r.grad_speedup_mean, r.grad_speedup_ci
+            grad = '| - ' if math.isnan(mean) else f'| {mean:.2f}x '
+            if not math.isnan(ci):
+                grad += f'({mean - ci:.2f}-{mean + ci:.2f}x) '
         lines.append(f'| {r.task} | {target_text(name, targets[r.task])} | {r.method} | {r.reached}/{r.seeds} '
-                     f'| {steps} | {speed} | {interval} | {fewer} | {final} | {diff} | {r.final_not_worse}/{r.seeds} '
-                     f'| {r.tail_not_worse}/{r.seeds} |')
+                     f'| {steps} | {speed} | {interval} | {fewer} {grad}| {final} | {diff} '
+                     f'| {r.final_not_worse}/{r.seeds} | {r.tail_not_worse}/{r.seeds} |')
     return '\n'.join(lines)
 
 

@@ -124,6 +124,27 @@ def test_speedup_of_a_method_reaching_at_step_zero_is_finite():
     assert {r.method: r.speedup_mean for r in speedups(curves, {'t': 0.8})}['x'] == 100.0
 
 
+def test_a_method_that_evaluates_more_gradients_than_steps_gets_a_gradient_speedup_column():
+    adam = [_curve('t', seed, 'adam', [0, 0, 0, 0, 0.9, 0.9]) for seed in (0, 1)]
+    costly = [_curve('t', seed, 'b', v) for seed, v in ((0, [0, 0, 0.9, 0.9, 0.9, 0.9]), (1, [0, 0, 0, 0.9, 0.9, 0.9]))]
+    for c in adam:
+        c.grad_evals = list(STEPS)
+    costly[0].grad_evals = [0, 150, 300, 450, 600, 750]
+    costly[1].grad_evals = [0, 120, 240, 360, 480, 600]
+    rows = {r.method: r for r in speedups(adam + costly, {'t': 0.8})}
+    assert rows['b'].speedup_mean == pytest.approx((2 + 4 / 3) / 2)  # in steps: 400/200, 400/300
+    assert rows['b'].grads_mean == 330 and rows['b'].grad_speedup_mean == pytest.approx((400 / 300 + 400 / 360) / 2)
+    table = markdown_table(list(rows.values()), {'t': 0.8}, {'t': 'val_acc'})
+    assert '| fewer steps | speedup in gradients (95% interval) | at the end |' in table
+    assert '| 40% | 1.22x (-0.19-2.63x) | 0.900 |' in table and '| 0% | 1.00x (1.00-1.00x) | 0.900 |' in table
+    for c in costly:
+        c.grad_evals = list(STEPS)  # no more gradients than steps: no column
+    assert 'gradients' not in markdown_table(speedups(adam + costly, {'t': 0.8}), {'t': 0.8}, {'t': 'val_acc'})
+    for c in adam:
+        c.grad_evals = []  # a curve from before gradients were counted
+    assert math.isnan(speedups(adam + costly, {'t': 0.8})[1].grad_speedup_mean)
+
+
 def test_linear_extrapolation_is_exact_on_lines():
     lin = LinearExtrapolation(ctx=5, seq_len=10, max_feat_size=1)
     t = torch.arange(5.0)
@@ -171,6 +192,18 @@ def test_a_guarded_bad_nowcaster_ends_exactly_where_adam_ends(monkeypatch):
     assert far_held.rejected_steps == [50, 100] and far_held.values == adam_held.values
 
 
+def test_a_guard_branch_switches_to_adams_own_steps_and_counts_their_gradients():
+    spec, = load_tasks({'tasks': [{'preset': 'digits-mlp', 'steps': 120, 'eval_every': 20}]})
+    adam = run_curve(spec, 1000, 'adam', None, period=50)
+    assert adam.grad_evals == adam.steps  # one gradient per step
+    branch = run_curve(spec, 1000, 'far+guard2d10+branch', FarOff(seq_len=40), period=50)
+    assert branch.nowcast_steps == [50, 110] and branch.rejected_steps == [60, 120]  # states start over at 60
+    assert np.allclose(branch.values, adam.values, atol=1e-6)  # switched to Adam's own 60 and 120 steps: none lost
+    assert branch.grad_evals[-1] == 120 + 2 * 10  # each branch: the nowcast step's gradient and 10 more
+    plain = run_curve(spec, 1000, 'far+guard2d10', FarOff(seq_len=40), period=50)
+    assert plain.grad_evals[-1] == 120 - 2 and plain.values[-1] != adam.values[-1]  # rolled back: 10 steps lost
+
+
 def test_method_names_carry_the_nowcast_options_and_read_back():
     assert parse_method('adam') == MethodOptions('adam')
     assert parse_method('nino_mlp+guard4') == MethodOptions('nino_mlp', guard=4)
@@ -181,6 +214,10 @@ def test_method_names_carry_the_nowcast_options_and_read_back():
     assert MethodOptions('ours', upd_scale=1.0, k_power=2.0).label == 'ours'  # defaults: the plain name
     for bad in ('nino_mlp+guardx', 'nino_mlp+u', 'nino_mlp+k1.5', 'nino_mlp+z3', 'adam+order0', 'adam+order'):
         with pytest.raises(ValueError, match='NAME\\[\\+guardN'):
+            parse_method(bad)
+    assert parse_method('nino_mlp+guard4d20+branch').label == 'nino_mlp+guard4d20+branch'
+    for bad in ('nino_mlp+branch', 'nino_mlp+guard4+branch'):
+        with pytest.raises(ValueError, match='\\+branch needs a delayed guard'):
             parse_method(bad)
 
 
@@ -239,7 +276,10 @@ def test_evaluate_job_writes_outputs_and_resumes(tmp_path):
     assert [c.values for c in retrained if c.method == 'adam'] == [c.values for c in other_period if c.method == 'adam']
     assert {c.method for c in curves} == {'adam', 'tiny', 'linear'}
     with open(out / 'curves.csv') as f:
-        assert len(list(csv.DictReader(f))) == 24 * 6  # the last evaluation's 24 curves (6 methods), 6 points
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 24 * 6  # the last evaluation's 24 curves (6 methods), 6 points
+    adam_rows = [r for r in rows if r['method'] == 'adam']
+    assert adam_rows and all(r['grad_evals'] == r['step'] for r in adam_rows)  # one gradient per step
     for name in ('summary.md', 'speedups.csv', 'curves.json', 'curves_digits-mlp.png',
                  'curves_digits-mlp-w1.5.png', 'speedup.png'):
         assert (out / name).stat().st_size > 0
@@ -284,6 +324,7 @@ def test_evaluate_config_errors_name_the_field(tmp_path, task, message):
     (['--k-max', '0'], '--k-max values must be positive horizons, got 0'),
     (['--seed-offset', '-1'], '--seed-offset must be 0 or more, got -1'),
     (['--reorder', '-2'], '--reorder must be 0 or more, got -2'),
+    (['--guard', '4', '--guard-branch'], '--guard-branch needs --guard and --guard-delay (got 4 and 0)'),
     (['--nino', 'ours+v2.safetensors'], "'+' separates method options, rename the file"),
 ])
 def test_evaluate_option_errors_name_the_flag(tmp_path, capsys, flags, message):
