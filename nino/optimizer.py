@@ -295,12 +295,12 @@ class NiNo(torch.optim.Optimizer):
 
     def _step_branch(self, closure: Callable[[], Tensor]) -> Tensor | None:
         """One base optimizer step of the pending nowcast's branch (the parameters and base optimizer
-        state it would roll back to), on the batch the closure computes; the model is left as it was."""
+        state it would roll back to), on the batch the closure computes; the model's parameters are
+        left as they were (its gradients are the branch's until the closure runs again)."""
         pending = self._pending
         with torch.no_grad():
             here = self._flat_params()
             self._write(pending['params'])
-        grads = [None if p.grad is None else p.grad.clone() for p in self._params]
         self.base_opt.state, pending['state'] = pending['state'], self.base_opt.state
         try:
             loss = self.base_opt.step(closure)
@@ -309,8 +309,6 @@ class NiNo(torch.optim.Optimizer):
             with torch.no_grad():
                 pending['params'] = self._flat_params()
                 self._write(here)
-            for p, g in zip(self._params, grads):
-                p.grad = g
         return loss
 
     def _judge(self) -> None:
