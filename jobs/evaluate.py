@@ -126,9 +126,11 @@ class RunFailed(RuntimeError):
 
 
 def check_periods(task_list: list[tuple[TaskSpec, int, float]], methods: dict[str, str | None]) -> None:
-    """Every task's period must be a multiple of each nowcaster's ctx (its states are period // ctx apart)."""
+    """Every task's period must be a multiple of each nowcaster's ctx (its states are period // ctx apart)
+    and longer than a guard's delay (each nowcast is judged before the next)."""
     for method, ckpt in methods.items():
-        if parse_method(method).name == BASE:
+        options = parse_method(method)
+        if options.name == BASE:
             continue
         try:
             ctx = method_nowcaster(method, ckpt).config.ctx
@@ -138,6 +140,9 @@ def check_periods(task_list: list[tuple[TaskSpec, int, float]], methods: dict[st
             if period % ctx:
                 raise ConfigError(f"task '{spec.name}': period {period} is not a multiple of the ctx ({ctx}) of "
                                   f"nowcaster {method!r}: its {ctx} input states are period // ctx steps apart")
+            if options.guard_delay >= period:
+                raise ConfigError(f"task '{spec.name}': period {period} is not longer than the guard delay "
+                                  f"({options.guard_delay}) of {method!r}: each nowcast is judged before the next")
 
 
 def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | None = None,

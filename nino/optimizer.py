@@ -151,6 +151,9 @@ class NiNo(torch.optim.Optimizer):
         self._pending: dict | None = None  # a nowcast awaiting its delayed judgement, with the copy to roll back to
         if guard is not None and (not self.guard_scales or min(self.guard_scales) <= 0):
             raise ValueError(f'guard_scales must be positive scales of the predicted change, got {guard_scales}')
+        if guard is not None and guard_delay >= period:
+            raise ValueError(f'guard_delay ({guard_delay}) must be shorter than the period ({period}): each nowcast '
+                             f'is judged before the next')
         if guard_branch and (guard is None or guard_delay < 1):
             raise ValueError(f'guard_branch needs a guard and a guard_delay of 1 or more (got guard='
                              f'{"None" if guard is None else "given"}, guard_delay={guard_delay})')

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -332,6 +333,16 @@ def test_evaluate_option_errors_name_the_flag(tmp_path, capsys, flags, message):
     (tmp_path / 'ours+v2.safetensors').write_bytes(b'')
     code = main(['--config', str(_eval_config(tmp_path)), '--out', str(tmp_path / 'out'),
                  *[f.replace('ours+', f'{tmp_path}/ours+') for f in flags]])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_a_guard_delay_as_long_as_the_period_is_refused_before_any_run(tmp_path, capsys):
+    from jobs.evaluate import main
+    ckpt = Path(__file__).parents[1] / 'checkpoints' / 'digits-mlp-h64.safetensors'
+    code = main(['--config', str(_eval_config(tmp_path)), '--out', str(tmp_path / 'out'), '--nino', str(ckpt),
+                 '--guard', '4', '--guard-delay', '50'])
+    message = "task 'digits-mlp': period 50 is not longer than the guard delay (50)"
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / 'out').exists()
 

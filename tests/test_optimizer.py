@@ -464,6 +464,9 @@ def test_a_guard_branch_needs_a_delay_and_a_closure():
     guard = lambda: F.mse_loss(model(x), y)  # noqa: E731
     with pytest.raises(ValueError, match='guard_branch needs a guard and a guard_delay of 1 or more'):
         NiNo(torch.optim.SGD(model.parameters()), model, ckpt=LinearExtrapolation(), guard=guard, guard_branch=True)
+    with pytest.raises(ValueError, match=r'guard_delay \(5\) must be shorter than the period \(5\)'):
+        NiNo(torch.optim.SGD(model.parameters()), model, ckpt=LinearExtrapolation(seq_len=10), period=5,
+             guard=guard, guard_delay=5)
     opt = NiNo(torch.optim.SGD(model.parameters(), lr=0.02), model, ckpt=LinearExtrapolation(seq_len=10), period=5,
                max_train_steps=12, guard=guard, guard_delay=3, guard_branch=True)
     _run([(model, opt)], x, y, 4)  # no closure needed before the nowcast
