@@ -6,8 +6,9 @@ On a local Ray cluster, with data that ships with scikit-learn (no download):
 3. evaluate it, and the nowcasters this project ships for this task (`checkpoints/digits-mlp-h64`,
    the same recipe, and `checkpoints/digits-mlp-nino-ft`, the paper's nowcaster fine-tuned on such
    trajectories), against Adam and linear extrapolation on held-out seeds and a held-out width,
-   alone and guarded (`nino.NiNo(guard=..., guard_delay=20)`: a nowcast whose loss on 4 training
-   batches is not lower 20 steps later is rolled back), each also with its states recorded from the
+   alone and guarded (`nino.NiNo(guard=..., guard_delay=20, guard_branch=True)`: Adam also trains the
+   parameters from before each nowcast for 20 steps, and the run switches to that branch when the
+   nowcast's loss on 4 training batches is not lower than the branch's), each also with its states recorded from the
    initial one on (`record_initial=True`, nowcasts 11 steps sooner), beside a control (`adam+order1`:
    Adam with its batches in another order, the noise every "end >= Adam" count sits in), print the
    table and write the plots to runs/quickstart/eval.
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print('\n== 3/3 evaluating against Adam (held-out seeds and width) ==', flush=True)
         nowcasters = [str(out / 'nowcaster' / 'nowcaster.safetensors')] + [str(p) for p in SHIPPED if p.is_file()]
         _, table = evaluate(CONFIGS / 'quickstart-eval.yaml', out / 'eval', nowcasters, guard=4, guard_delay=20,
-                            record_initial=True, reorder=1)
+                            guard_branch=True, record_initial=True, reorder=1)
     finally:
         ray.shutdown()
     print('\n' + table)
