@@ -116,7 +116,7 @@ class NiNo(torch.optim.Optimizer):
         guard_branch: with `guard_delay`, judge the nowcast against the base optimizer's own N steps
             from the pre-nowcast parameters, and switch to those on a rollback; `step()` then needs
             a closure (zero the gradients, compute the loss, backward, return it) at nowcasts and
-            the N steps after.
+            the N steps after (so not through `torch.amp.GradScaler`, whose `step` takes no closure).
     """
 
     def __init__(self, base_opt: torch.optim.Optimizer, model: nn.Module,
