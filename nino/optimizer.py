@@ -24,10 +24,10 @@ nowcast by `guard_margin` (2 loss calls per nowcast; the N steps are then lost);
 made within N steps of `max_train_steps`. With `guard_branch` the base optimizer also trains the
 pre-nowcast parameters during those N steps (a branch: its own copy of the base optimizer's state,
 gradients from `step(closure)` on the same batches), the nowcast is kept only if it beats that
-branch, and a rollback switches to the branch (its parameters, optimizer state and the states it
-recorded), so no step is lost (N + 1 gradient evaluations and 3 loss calls per nowcast). Nowcasts
-usually raise the loss at first and pay off after ~100 steps (docs/results.md), which only the
-delayed forms see. Each decision is kept in `guard_history` (and in the state dict).
+branch, and a rollback switches to the branch, so no step is lost (N + 1 gradient evaluations and
+3 loss calls per nowcast). Nowcasts usually raise the loss at first and pay off
+after ~100 steps (docs/results.md), which only the second form sees. Each decision is kept in
+`guard_history` (and in the state dict).
 """
 
 from __future__ import annotations
@@ -237,8 +237,6 @@ class NiNo(torch.optim.Optimizer):
                              f'optimizer also trains the pre-nowcast parameters on this batch)')
         if self.nowcaster is not None and self._records:
             self._states.append(self._flat_params())
-            if self._pending is not None and self.guard_branch:  # the branch records its own states
-                self._pending['states'].append(self._pending['params'])  # replaced, never written in place
         if nowcast and self._nowcast():
             loss = None
             if self._pending is not None and self.guard_branch:
@@ -283,8 +281,6 @@ class NiNo(torch.optim.Optimizer):
         if self.guard is not None and self.guard_delay:
             self._pending = {'step': self.step_idx + 1, 'k': k, 'loss_before': self._score(),
                              'params': current.clone(), 'state': _clone_state(self.base_opt.state)}
-            if self.guard_branch:
-                self._pending['states'] = []
         elif self.guard is not None and not self._guard(current, x, k):  # leaves its chosen candidate
             self.num_rejected += 1
             return False
@@ -335,7 +331,7 @@ class NiNo(torch.optim.Optimizer):
             with torch.no_grad():
                 self._write(pending['params'])
             self.base_opt.state = pending['state']
-            self._states = pending.get('states', [])  # the branch's records, if any: the others are discarded
+            self._states = []  # recorded on the discarded branch
             self.num_nowcasts -= 1
             self.num_rejected += 1
         record = {'step': pending['step'], 'k': pending['k'], 'loss_before': pending['loss_before'],
@@ -396,8 +392,6 @@ class NiNo(torch.optim.Optimizer):
             pending['base'] = copy.deepcopy(self.base_opt.state_dict())
         finally:
             self.base_opt.state = main
-        if 'states' in pending:
-            pending['states'] = [x.cpu().clone() for x in pending['states']]
         return {**pending, 'params': pending['params'].cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -418,8 +412,6 @@ class NiNo(torch.optim.Optimizer):
             self.base_opt.load_state_dict(pending['base'])
             pending = {key: value for key, value in pending.items() if key != 'base'}
             pending.update(params=pending['params'].to(self.edge_device), state=self.base_opt.state)
-            if 'states' in pending:
-                pending['states'] = [x.to(self.edge_device) for x in pending['states']]
         self.base_opt.load_state_dict(state['base'])
         self._pending = pending
         self.step_idx = nino['step_idx']
