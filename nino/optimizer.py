@@ -37,7 +37,8 @@ import logging
 import math
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -296,23 +297,28 @@ class NiNo(torch.optim.Optimizer):
             loss = float(self.guard())
         return loss if math.isfinite(loss) else math.inf
 
-    def _step_branch(self, closure: Callable[[], Tensor]) -> Tensor | None:
-        """One base optimizer step of the pending nowcast's branch (the parameters and base optimizer
-        state it would roll back to), on the batch the closure computes; the model's parameters are
-        left as they were (its gradients are the branch's until the closure runs again)."""
-        pending = self._pending
+    @contextmanager
+    def _on_branch(self, pending: dict) -> Iterator[None]:
+        """Inside the block the model and the base optimizer hold `pending`'s copy (the parameters and
+        base optimizer state a rollback goes to); what the block does to them is kept in `pending`, and
+        the model's own parameters and state come back after it."""
         with torch.no_grad():
             here = self._flat_params()
             self._write(pending['params'])
         self.base_opt.state, pending['state'] = pending['state'], self.base_opt.state
         try:
-            loss = self.base_opt.step(closure)
+            yield
         finally:
             self.base_opt.state, pending['state'] = pending['state'], self.base_opt.state
             with torch.no_grad():
                 pending['params'] = self._flat_params()
                 self._write(here)
-        return loss
+
+    def _step_branch(self, closure: Callable[[], Tensor]) -> Tensor | None:
+        """One base optimizer step of the pending nowcast's branch, on the batch the closure computes
+        (the model's gradients are the branch's until the closure runs again)."""
+        with self._on_branch(self._pending):
+            return self.base_opt.step(closure)
 
     def _judge(self) -> None:
         """`guard_delay` steps after a nowcast: keep it, or roll parameters and base optimizer state back
@@ -321,11 +327,8 @@ class NiNo(torch.optim.Optimizer):
         after = self._score()
         against = pending['loss_before']
         if self.guard_branch:
-            with torch.no_grad():
-                here = self._flat_params()
-                self._write(pending['params'])
+            with self._on_branch(pending):
                 against = self._score()
-                self._write(here)
         kept = after < against - self.guard_margin
         if not kept:
             with torch.no_grad():
