@@ -266,13 +266,12 @@ def curve_steps_to_target(curve: Curve, target: float) -> float:
     return steps_to_target(curve.steps, curve.values, target, HIGHER_IS_BETTER[curve.metric])
 
 
-def curve_grads_to_target(curve: Curve, target: float) -> float:
-    """Gradient evaluations up to the first evaluated step that reaches the target; NaN if it never
-    does or the curve does not count them (run before they were counted)."""
-    if len(curve.grad_evals) != len(curve.steps):
+def grads_at(curve: Curve, step: float) -> float:
+    """Gradient evaluations up to an evaluated step (e.g. its steps to target); NaN for a NaN step or
+    a curve that does not count them (run before they were counted)."""
+    if math.isnan(step) or len(curve.grad_evals) != len(curve.steps):
         return math.nan
-    s = curve_steps_to_target(curve, target)
-    return math.nan if math.isnan(s) else float(curve.grad_evals[curve.steps.index(int(s))])
+    return float(curve.grad_evals[curve.steps.index(int(step))])
 
 
 def speedup(base_steps: float, steps: float) -> float:
@@ -336,10 +335,10 @@ def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -
                 sb = curve_steps_to_target(b, target) if b else math.nan
                 if not (math.isnan(s) or math.isnan(sb)):
                     ratios.append(speedup(sb, s))
-                g = curve_grads_to_target(c, target)
+                g = grads_at(c, s)
                 if not math.isnan(g):
                     grads.append(g)
-                gb = curve_grads_to_target(b, target) if b else math.nan
+                gb = grads_at(b, sb) if b else math.nan
                 if not (math.isnan(g) or math.isnan(gb)):
                     grad_ratios.append(speedup(gb, g))
                 if b is not None:
