@@ -6,12 +6,12 @@ On a local Ray cluster, with data that ships with scikit-learn (no download):
 3. evaluate it, and the nowcasters this project ships for this task (`checkpoints/digits-mlp-h64`,
    the same recipe, and `checkpoints/digits-mlp-nino-ft`, the paper's nowcaster fine-tuned on such
    trajectories), against Adam and linear extrapolation on held-out seeds and a held-out width,
-   alone and guarded (`nino.NiNo(guard=..., guard_delay=20, guard_branch=True)`: Adam also trains the
-   parameters from before each nowcast for 20 steps, and the run switches to that branch when the
-   nowcast's loss on 4 training batches is not lower than the branch's), each also with its states recorded from the
-   initial one on (`record_initial=True`, nowcasts 11 steps sooner), beside a control (`adam+order1`:
-   Adam with its batches in another order, the noise every "end >= Adam" count sits in), print the
-   table and write the plots to runs/quickstart/eval.
+   alone and guarded (`nino.NiNo(guard=..., guard_delay=20, guard_branch=True)`: Adam also trains
+   the parameters from before each nowcast for 20 steps, and the run switches to that branch when
+   the nowcast's loss on 4 training batches is not lower than the branch's), each also with its
+   states recorded from the initial one on (`record_initial=True`, nowcasts 11 steps sooner),
+   beside a control (`adam+order1`: Adam with its batches in another order, the noise every
+   "end >= Adam" count sits in), print the table and write the plots to runs/quickstart/eval.
 Every stage resumes: a rerun skips finished trajectories, training steps and evaluation runs.
 """
 
