@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -149,3 +152,16 @@ def test_laplacian_equals_torch_geometric_values():
                           num_nodes=g.num_nodes)
     ref = to_dense_adj(ei, edge_attr=w.double(), max_num_nodes=g.num_nodes)[0].numpy()
     assert np.array_equal(normalized_laplacian(g.edge_index, g.num_nodes).toarray(), ref)
+
+
+def test_lpe_is_the_same_whatever_the_process_blas_threads():
+    """A 40-64-64-10 MLP's graph has repeated eigenvalues, whose eigenvectors a multi-threaded BLAS picks
+    differently: the encoding must not depend on how many threads the process started with."""
+    script = ('import hashlib; from nino.graph import build_graph, laplacian_pe; '
+              "g = build_graph([['0.weight', [64, 40]], ['0.bias', [64]], ['2.weight', [64, 64]], "
+              "['2.bias', [64]], ['4.weight', [10, 64]], ['4.bias', [10]]]); "
+              'print(hashlib.sha256(laplacian_pe(g.edge_index, g.num_nodes, 8).numpy().tobytes()).hexdigest())')
+    digests = {subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, check=True,
+                              env=dict(os.environ, OMP_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n)).stdout
+               for n in ('1', '2')}
+    assert len(digests) == 1

@@ -4,7 +4,9 @@ Same quantity as torch_geometric's `AddLaplacianEigenvectorPE` on the undirected
 normalised Laplacian, self-loops ignored, the k eigenvectors after the smallest eigenvalue), but
 each vector's sign is fixed (largest-magnitude entry positive) instead of random. Eigenvectors of
 repeated eigenvalues are not unique, so the `NiNo` wrapper also keeps the encoding it used in its
-state_dict, and a resumed run reuses it.
+state_dict, and a resumed run reuses it. Which basis of such an eigenspace comes out depends on how
+many threads the BLAS runs on, so the decomposition always runs on one: the same graph gets the same
+encoding in a Ray worker (started with one thread) and in a notebook (started with every core).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 import torch
+from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 #: Below this many nodes a dense eigendecomposition is used: exact, deterministic and fast enough.
@@ -24,10 +27,11 @@ def laplacian_pe(edge_index: Tensor, num_nodes: int, k: int = 8) -> Tensor:
     if num_nodes <= k:
         raise ValueError(f'a graph with {num_nodes} nodes has fewer than k+1={k + 1} eigenvectors')
     lap = normalized_laplacian(edge_index, num_nodes)
-    if num_nodes < DENSE_THRESHOLD:
-        vals, vecs = np.linalg.eigh(lap.toarray())
-    else:
-        vals, vecs = _sparse_smallest(lap, k + 1)
+    with threadpool_limits(limits=1, user_api='blas'):
+        if num_nodes < DENSE_THRESHOLD:
+            vals, vecs = np.linalg.eigh(lap.toarray())
+        else:
+            vals, vecs = _sparse_smallest(lap, k + 1)
     vecs = vecs[:, np.argsort(vals)][:, 1:k + 1]
     signs = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(vecs.shape[1])])
     signs[signs == 0] = 1
