@@ -46,7 +46,6 @@ import itertools
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -59,6 +58,7 @@ from nino.scaling import EPS
 
 from .arenas import ArenaPool, LocalPool
 from .published_stream import open_store
+from .record import torch_threads
 from .store import WTE_CHUNK_ROWS, DamagedChunkError, TaskGroup, is_local_url
 from .tasks import architecture
 
@@ -329,7 +329,7 @@ class WindowStream(IterableDataset):
                     reads.append({**draw, 'states': states})
             draws = [self._draw(tasks, gen) for _ in range(self.config.batch_size - len(reads))]
             loaded = self._load_all(draws) if draws else []
-        with _torch_threads(1):
+        with torch_threads(1):
             return self._assemble(reads, tasks, skipped)
 
     def _draw(self, tasks: dict[str, _Task], gen: torch.Generator) -> dict:
@@ -483,20 +483,6 @@ class WindowStream(IterableDataset):
                 index, (gen, draws) = following, after
         finally:
             background.shutdown(wait=True, cancel_futures=True)
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run torch's ops on `n` threads inside the block (the setting is restored after it)."""
-    before = torch.get_num_threads()
-    if before == n:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _window_stats(states: np.ndarray, task: _Task, ctx: int, shifts: int) -> tuple[np.ndarray, np.ndarray]:

@@ -49,7 +49,11 @@ class Trajectory:
 
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
+    """Run torch's ops on `n` threads inside the block (the setting is restored after it)."""
     before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
     torch.set_num_threads(n)
     try:
         yield
