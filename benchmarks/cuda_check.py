@@ -23,32 +23,13 @@ import yaml
 
 from metatrain.training import TrainConfig, train
 from nino import NiNo
-from nino.graph import param_shapes
 from pipeline.data import load_dataset
-from pipeline.record import METRICS, record_trajectory
-from pipeline.store import TrajectoryStore
+from pipeline.record_here import record_store
 from pipeline.tasks import build_model, load_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 NOWCASTER = ROOT / 'checkpoints' / 'digits-mlp-h64.safetensors'
 PERIOD = 60  # the quickstart's: one nowcast after 60 Adam steps
-
-
-def record_store(path: Path, trajectories: int) -> Path:
-    """The quickstart's digits task, `trajectories` runs recorded in this process."""
-    collect = yaml.safe_load((ROOT / 'jobs' / 'configs' / 'quickstart-collect.yaml').read_text())
-    collect['tasks'][0]['trajectories'] = trajectories
-    store = TrajectoryStore(path)
-    manifest = store.manifest()
-    for spec in load_tasks({'tasks': collect['tasks']}):
-        group = store.ensure_group(spec, param_shapes(build_model(spec.arch)), list(METRICS))
-        for i in range(spec.trajectories):
-            traj = record_trajectory(spec, i, sink=lambda s, b, i=i, g=group: g.write_states(i, s, b),
-                                     chunk_states=group.chunk_states)
-            group.write_metrics(i, traj.metrics)
-            manifest.upsert(dict(task=spec.name, index=i, status='done', seed=traj.seed, lr=traj.lr,
-                                 checksum=traj.checksum))
-    return path
 
 
 def meta_train(store: Path, out: Path, amp: str, device: str, steps: int) -> dict:
@@ -117,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f'torch {torch.__version__}, device {torch.cuda.get_device_name() if cuda else "cpu"}', flush=True)
 
     start = time.perf_counter()
-    store = record_store(args.out / 'store', args.trajectories)
+    collect = yaml.safe_load((ROOT / 'jobs' / 'configs' / 'quickstart-collect.yaml').read_text())
+    store = record_store(args.out / 'store', [{**collect['tasks'][0], 'trajectories': args.trajectories}])
     print(f'recorded {args.trajectories} digits trajectories in {time.perf_counter() - start:.1f} s', flush=True)
 
     trained = [meta_train(store, args.out, amp, device, args.steps)

@@ -24,7 +24,8 @@ from nino.checkpoint import file_sha256
 from nino.graph import param_shapes
 from pipeline.data import load_dataset
 from pipeline.lease import LeaseError
-from pipeline.record import METRICS, record_trajectory, with_nowcaster
+from pipeline.record import METRICS, with_nowcaster
+from pipeline.record_here import record_into
 from pipeline.scheduler import remaining, run_per_trajectory, worker_host
 from pipeline.store import StoreError, TrajectoryStore
 from pipeline.tasks import ConfigError, TaskSpec, build_model, load_tasks, read_config_file, with_absolute_paths
@@ -88,10 +89,7 @@ def prepared_spec(spec: TaskSpec, path: str | Path) -> TaskSpec:
 def record_into_store(store_url: str, spec_dict: dict[str, Any], index: int) -> dict[str, Any]:
     """Record one trajectory into its region of the store; returns its manifest row."""
     spec = TaskSpec.from_dict(spec_dict)
-    group = TrajectoryStore(store_url).group(spec.name)
-    traj = record_trajectory(spec, index, sink=lambda start, block: group.write_states(index, start, block),
-                             chunk_states=group.chunk_states)
-    group.write_metrics(index, traj.metrics)
+    traj = record_into(TrajectoryStore(store_url).group(spec.name), spec, index)
     last = traj.metrics[-1]
     return dict(task=spec.name, index=index, status='done', seed=traj.seed, lr=traj.lr,
                 hparams=f'{{"lr": {traj.lr!r}, "seed": {traj.seed}}}', final_train_loss=float(last[0]),

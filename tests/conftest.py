@@ -53,21 +53,8 @@ TEXT = SHARED / 'data' / 'tinyshakespeare' / 'input.txt'
 
 def write_store(path: Path, entries: list[dict]) -> Path:
     """A trajectory store recorded in-process (no Ray): for loader and training tests."""
-    from nino.graph import param_shapes
-    from pipeline.record import METRICS, record_trajectory
-    from pipeline.store import TrajectoryStore
-    from pipeline.tasks import build_model, load_tasks
-    store = TrajectoryStore(path)
-    manifest = store.manifest()
-    for spec in load_tasks({'tasks': entries}):
-        group = store.ensure_group(spec, param_shapes(build_model(spec.arch)), list(METRICS))
-        for i in range(spec.trajectories):
-            traj = record_trajectory(spec, i, sink=lambda s, b, i=i, g=group: g.write_states(i, s, b),
-                                     chunk_states=group.chunk_states)
-            group.write_metrics(i, traj.metrics)
-            manifest.upsert(dict(task=spec.name, index=i, status='done', seed=traj.seed, lr=traj.lr,
-                                 checksum=traj.checksum))
-    return path
+    from pipeline.record_here import record_store
+    return record_store(path, entries)
 
 
 def fm16_entry(**over) -> dict:
