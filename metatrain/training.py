@@ -19,7 +19,9 @@ import copy
 import csv
 import math
 import os
+import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -63,7 +65,7 @@ class TrainConfig:
     min_lr: float = 1e-6
     weight_decay: float = 1e-2
     grad_clip: float = 5.0
-    amp: str = 'none'  # none | bf16 | fp16 (fp16 on CUDA only, with a grad scaler)
+    amp: str = 'none'  # none | bf16 | fp16 (fp16 with a grad scaler; meant for CUDA, runs on CPU too)
     device: str = 'cpu'
     seed: int = 0
     num_workers: int = 0
@@ -354,9 +356,10 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     model: torch.nn.Module = build_nowcaster(cfg.nowcaster_config()).to(cfg.device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps, eta_min=cfg.min_lr)
-    scaler = torch.amp.GradScaler('cuda') if cfg.amp == 'fp16' else None
-    if cfg.amp == 'fp16' and torch.device(cfg.device).type != 'cuda':
-        raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' on CPU")
+    scaler = torch.amp.GradScaler(torch.device(cfg.device).type) if cfg.amp == 'fp16' else None
+    if cfg.amp == 'fp16' and torch.device(cfg.device).type == 'cpu':
+        warnings.warn("amp='fp16' on the CPU runs without fast kernels (9x slower than fp32 on the development "
+                      "machine, docs/cuda-check.md); amp='bf16' is the CPU's", RuntimeWarning, stacklevel=2)
     step, position, recovery = 0, 0, Recovery()
     if state is None and cfg.init:
         load_init(model, cfg)
@@ -482,12 +485,18 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                         f'(batch {position - 1}); the last good checkpoint is in {ckpt_dir}')
                 continue
 
+            event = ''
             if scaler:
+                scale = scaler.get_scale()
                 scaler.step(optimizer)
                 scaler.update()
+                if scaler.get_scale() < scale:  # fp16 gradients overflowed: the scaler skipped the update
+                    event = f'fp16 overflow: update skipped, loss scale {scale:g} -> {scaler.get_scale():g}'
             else:
                 optimizer.step()
-            scheduler.step()
+            with warnings.catch_warnings():  # a step the scaler skipped still counts on the schedule
+                warnings.filterwarnings('ignore', re.escape('Detected call of `lr_scheduler.step()` before'))
+                scheduler.step()
             step += 1
             recovery.in_row = 0
             if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
@@ -496,7 +505,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             bar.update(1)
             lr = optimizer.param_groups[0]['lr']
             log(dict(step=step, batch=position - 1, loss=repr(loss.item()), lr=lr, grad_norm=repr(float(grad_norm)),
-                     seconds=round(time.time() - start_time, 3), event=''))
+                     seconds=round(time.time() - start_time, 3), event=event))
             if tb is not None:
                 tb.add_scalar('train/loss', loss.item(), step)
                 tb.add_scalar('train/lr', lr, step)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import re
 import shutil
@@ -178,6 +179,42 @@ def test_bf16_autocast_on_cpu(small_store, tmp_path):
     assert np.isfinite(summary['losses']).all()
     assert summary['losses'] != fp32['losses']
     assert np.allclose(summary['losses'], fp32['losses'], rtol=0.1)
+
+
+@pytest.mark.filterwarnings("ignore:amp='fp16' on the CPU:RuntimeWarning")
+def test_fp16_with_the_grad_scaler_resumes_exactly(small_store, tmp_path):
+    """fp16 autocast with the grad scaler (the CUDA path; the CPU has a scaler too): losses near fp32's,
+    the scaler's state in every checkpoint, and a resume from the middle repeats the run's losses."""
+    with pytest.warns(RuntimeWarning, match="amp='fp16' on the CPU runs without fast kernels"):
+        full = train(_cfg(small_store, tmp_path / 'full', steps=20, amp='fp16'), progress=False)
+    fp32 = train(_cfg(small_store, tmp_path / 'fp32', steps=20), progress=False)
+    assert np.isfinite(full['losses']).all() and full['losses'] != fp32['losses']
+    assert np.allclose(full['losses'], fp32['losses'], rtol=0.1)
+    newest, middle = list_checkpoints(tmp_path / 'full')[:2]
+    assert torch.load(middle, weights_only=True)['scaler']['_growth_tracker'] == 10  # steps since a backoff
+    shutil.copytree(tmp_path / 'full', tmp_path / 'resumed')
+    (tmp_path / 'resumed' / newest.relative_to(tmp_path / 'full')).unlink()
+    train(_cfg(small_store, tmp_path / 'resumed', steps=20, amp='fp16'), resume='auto', progress=False)
+    assert _losses(tmp_path / 'resumed') == _losses(tmp_path / 'full')
+    assert torch.load(list_checkpoints(tmp_path / 'resumed')[0], weights_only=True)['scaler']['_growth_tracker'] == 20
+
+
+@pytest.mark.filterwarnings("ignore:amp='fp16' on the CPU:RuntimeWarning")
+def test_fp16_overflow_is_the_grad_scalers_to_skip(small_store, tmp_path, monkeypatch):
+    """Gradients that overflow fp16 at a too large loss scale: the scaler skips those updates and backs off
+    (logged as such in log.csv), which is not a non-finite event of the run's own recovery."""
+    monkeypatch.setattr(torch.amp, 'GradScaler', functools.partial(torch.amp.GradScaler, init_scale=2.0 ** 24))
+    summary = train(_cfg(small_store, tmp_path / 'run', steps=10, amp='fp16'), progress=False)
+    scale = torch.load(list_checkpoints(tmp_path / 'run')[0], weights_only=True)['scaler']['scale']
+    assert scale < 2.0 ** 24 and np.isfinite(summary['losses']).all() and summary['nonfinite_events'] == 0
+    with open(tmp_path / 'run' / 'log.csv') as f:
+        events = [(r['step'], r['event']) for r in csv.DictReader(f)]
+    assert [step for step, _ in events] == [str(s) for s in range(1, 11)]  # no 'nonfinite' rows
+    skipped = [event for _, event in events if event]
+    assert 0 < len(skipped) < 10  # some updates skipped, the others taken
+    assert all(event.startswith('fp16 overflow: update skipped, loss scale ') for event in skipped)
+    nowcaster = load_nowcaster(tmp_path / 'run' / 'nowcaster.safetensors')
+    assert all(torch.isfinite(p).all() for p in nowcaster.parameters())
 
 
 def test_ddp_two_processes_with_gloo(small_store, tmp_path):
