@@ -1,16 +1,45 @@
-"""Evaluation outputs a person reads: curves CSV/JSON, the speedup table, and PNG plots."""
+"""Evaluation outputs a person reads: curves CSV/JSON, the speedup table, and PNG plots.
+
+`jobs.evaluate` writes them for the methods of one call. Run as a job, this module writes them for
+every finished run in an evaluation folder, whatever call made it, so variants run in separate calls
+(`--k-max 10,20`, then the plain nowcaster) are compared seed by seed in one table:
+
+    python -m jobs.report --config jobs/configs/mnist1d-eval.yaml --runs runs/mnist1d/kmax \
+        [--methods 'adam,nino_no_posw*'] [--tasks a,b] [--out DIR]
+
+Targets and metrics come from the config (its tasks' names select the runs); outputs go to
+RUNS/report unless `--out` says otherwise. Two runs of one task, seed and method (made with another
+period, task spec or checkpoint) and runs of one task and seed that did not start from the same
+weights are refused, naming the files: report such runs from separate folders.
+"""
 
 from __future__ import annotations
 
+import argparse
 import csv
+import fnmatch
 import json
 import math
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
-from metatrain.evaluation import BASE, Curve, SpeedupRow, markdown_table, paired_table, paired_variants, per_seed_table
+from metatrain.evaluation import (
+    BASE,
+    Curve,
+    SpeedupRow,
+    load_curve,
+    markdown_table,
+    metric_of,
+    paired_table,
+    paired_variants,
+    per_seed_table,
+    speedups,
+)
+from pipeline.tasks import ConfigError
 
 
 def write_curves(curves: list[Curve], out: Path) -> None:
@@ -127,3 +156,82 @@ def plot_speedups(rows: list[SpeedupRow], out: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def folder_curves(runs: Path, tasks: Iterable[str], methods: Sequence[str] = ()) -> list[Curve]:
+    """Every finished run in `runs` (an evaluation folder's `runs/`) of `tasks`, and of `methods` (shell
+    patterns; all when empty), with a ConfigError naming the files for two runs of one (task, seed,
+    method) or runs of one (task, seed) from different initial weights."""
+    tasks = set(tasks)
+    found: dict[tuple[str, int, str], tuple[Curve, Path]] = {}
+    for path in sorted(runs.glob('*.json')):
+        try:
+            curve = load_curve(path)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f'{path}: not an evaluation run ({type(err).__name__}: {err})') from None
+        if curve.task not in tasks or (methods and not any(fnmatch.fnmatchcase(curve.method, m) for m in methods)):
+            continue
+        key = (curve.task, curve.seed, curve.method)
+        if key in found:
+            raise ConfigError(f'{found[key][1].name} and {path.name} are both {curve.method} on {curve.task}, seed '
+                              f'{curve.seed} (another period, task spec or checkpoint): report them from '
+                              f'separate folders')
+        found[key] = (curve, path)
+    firsts: dict[tuple[str, int], tuple[Curve, Path]] = {}
+    for curve, path in found.values():
+        first = firsts.setdefault((curve.task, curve.seed), (curve, path))
+        if curve.init_checksum != first[0].init_checksum:
+            raise ConfigError(f'{first[1].name} and {path.name} did not start from the same weights (another '
+                              f'task spec under the name {curve.task!r}): report them from separate folders')
+    curves = [curve for curve, _ in found.values()]
+    for task in sorted(tasks & {c.task for c in curves}):
+        if not any(c.task == task and c.method == BASE for c in curves):
+            raise ConfigError(f"{runs}: no '{BASE}' run of task '{task}' to compare with")
+    if not curves:
+        raise ConfigError(f'{runs}: no finished runs of tasks {sorted(tasks)}'
+                          + (f' and methods {list(methods)}' if methods else ''))
+    return curves
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs.evaluate import load_eval_config  # it writes through this module: imported here, not at the top
+
+    parser = argparse.ArgumentParser(prog='python -m jobs.report', description=__doc__.split('\n\n')[1])
+    parser.add_argument('--config', required=True, help='the evaluation config (tasks with targets)')
+    parser.add_argument('--runs', required=True, help="an evaluation folder (jobs.evaluate's --out)")
+    parser.add_argument('--methods', default='', help="comma-separated method names or patterns ('nino*')")
+    parser.add_argument('--tasks', default='', help='comma-separated task names from the config')
+    parser.add_argument('--out', default=None, help='output folder (default: RUNS/report)')
+    args = parser.parse_args(argv)
+    try:
+        _, task_list = load_eval_config(args.config)
+        targets = {spec.name: target for spec, _, target in task_list}
+        metrics = {spec.name: metric_of(spec) for spec, _, _ in task_list}
+        chosen = [t for t in args.tasks.split(',') if t] or list(targets)
+        unknown = sorted(set(chosen) - set(targets))
+        if unknown:
+            raise ConfigError(f'{args.config}: tasks {unknown} are not in the config (have {list(targets)})')
+        runs = Path(args.runs) / 'runs'
+        if not runs.is_dir():
+            raise ConfigError(f'{args.runs}: no runs/ folder (not an evaluation folder)')
+        curves = folder_curves(runs, chosen, [m for m in args.methods.split(',') if m])
+    except ConfigError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.runs) / 'report'
+    out.mkdir(parents=True, exist_ok=True)
+    present = {c.task for c in curves}
+    targets = {t: v for t, v in targets.items() if t in present}
+    rows = speedups(curves, targets)
+    write_curves(curves, out)
+    table = write_table(rows, targets, metrics, out, curves)
+    plot_curves(curves, targets, out)
+    plot_speedups(rows, out)
+    print(table)
+    print(f'\n{len(curves)} runs; outputs in {out}: summary.md, curves.csv, curves.json, speedups.csv, '
+          f'curves_*.png, speedup.png')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

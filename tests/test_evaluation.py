@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 from pathlib import Path
@@ -409,3 +410,69 @@ def test_a_llama_task_is_evaluated_with_the_published_nowcaster(official_dir):
     assert metric_of(spec) == 'val_loss' and nino.nowcast_steps == [20, 40]
     assert adam.init_checksum == nino.init_checksum and np.isfinite(nino.values).all()
     assert nino.values != adam.values
+
+
+def _write_runs(folder: Path, curves: list[tuple[str, Curve]]) -> Path:
+    runs = folder / 'runs'
+    runs.mkdir(parents=True, exist_ok=True)
+    for name, curve in curves:
+        (runs / name).write_text(json.dumps(curve.to_dict()))
+    return runs
+
+
+def test_a_folder_report_refuses_runs_it_cannot_pair_and_names_the_files(tmp_path):
+    from jobs.report import folder_curves
+    from pipeline.tasks import ConfigError
+
+    def run(method, init='w0', task='t'):
+        return Curve(task, 0, method, 'val_acc', STEPS, [0.1, 0.5, 0.9, 0.9, 0.9, 0.9], init_checksum=init)
+
+    runs = _write_runs(tmp_path / 'a', [('t-s0-adam-1.json', run('adam')), ('t-s0-n-1.json', run('n')),
+                                        ('t-s0-n+k5-1.json', run('n+k5')), ('u-s0-adam-1.json', run('adam', task='u'))])
+    assert sorted(c.method for c in folder_curves(runs, ['t'])) == ['adam', 'n', 'n+k5']
+    assert sorted(c.method for c in folder_curves(runs, ['t'], ['adam', 'n+*'])) == ['adam', 'n+k5']
+    runs = _write_runs(tmp_path / 'a', [('t-s0-n-2.json', run('n'))])  # the same method at another period
+    with pytest.raises(ConfigError, match=r't-s0-n-1\.json and t-s0-n-2\.json are both n on t, seed 0'):
+        folder_curves(runs, ['t'])
+    runs = _write_runs(tmp_path / 'b', [('t-s0-adam-1.json', run('adam')), ('t-s0-n-1.json', run('n', init='w1'))])
+    with pytest.raises(ConfigError, match=r't-s0-adam-1\.json and t-s0-n-1\.json did not start from the same'):
+        folder_curves(runs, ['t'])
+    runs = _write_runs(tmp_path / 'c', [('t-s0-n-1.json', run('n'))])
+    with pytest.raises(ConfigError, match="no 'adam' run of task 't'"):
+        folder_curves(runs, ['t'])
+    (runs / 'broken.json').write_text('{"task": "t"')
+    with pytest.raises(ConfigError, match='broken.json: not an evaluation run'):
+        folder_curves(runs, ['t'])
+
+
+def test_a_folder_report_pairs_variants_from_separate_evaluations(tmp_path, capsys):
+    """The plain nowcaster and its +k5 variant, run by two evaluate calls into one folder: the folder's
+    report has both rows and their paired comparison; a third call at another period makes it refuse."""
+    from jobs.evaluate import evaluate
+    from jobs.report import main
+    ray = pytest.importorskip('ray')
+    ckpt = tmp_path / 'tiny.safetensors'
+    torch.manual_seed(0)
+    save_nowcaster(build_nowcaster(NiNoConfig(gnn=False, hid=8, seq_len=10)), ckpt)
+    config = _eval_config(tmp_path)
+    out = tmp_path / 'out'
+    ray.init(num_cpus=2, include_dashboard=False, logging_level='ERROR', log_to_driver=False)
+    try:
+        first, _ = evaluate(config, out, [str(ckpt)], seeds=2, progress=False, baselines=False)
+        second, _ = evaluate(config, out, [str(ckpt)], seeds=2, progress=False, baselines=False, k_maxes=[5])
+        assert main(['--config', str(config), '--runs', str(out)]) == 0
+        summary = (out / 'report' / 'summary.md').read_text()
+        evaluate(config, out, [str(ckpt)], seeds=2, progress=False, baselines=False, period=25)
+    finally:
+        ray.shutdown()
+    assert all(f'| digits-mlp | val_acc >= 0.5 | {method} |' in summary for method in ('tiny', 'tiny+k5'))
+    assert re.search(r'\n\| digits-mlp \| tiny\+k5 \| tiny \| \d \|', summary)  # paired across the two calls
+    reported = json.loads((out / 'report' / 'curves.json').read_text())
+    assert sorted((c['method'], c['seed'], tuple(c['values'])) for c in reported) == \
+        sorted({(c.method, c.seed, tuple(c.values)) for c in first + second})  # adam's runs once
+    capsys.readouterr()
+    assert main(['--config', str(config), '--runs', str(out)]) == 2
+    err = capsys.readouterr().err
+    assert re.match(r"error: digits-mlp-s\d-tiny-\w+\.json and digits-mlp-s\d-tiny-\w+\.json are both tiny on "
+                    r"digits-mlp, seed 100\d \(another period", err), err
+    assert main(['--config', str(config), '--runs', str(out), '--methods', 'adam,tiny+k5']) == 0
