@@ -19,7 +19,8 @@ their paired difference) show the noise the other rows sit in. Seeds are 1000, 1
 `--seed-offset N` starts them at 1000 + N, so settings chosen on the first seeds can be confirmed on
 fresh ones (runs of a seed already in OUT are reused whatever the offset). Outputs in OUT:
 curves.json, curves.csv, summary.md (the speedup table, then steps to target and final metric per
-seed), speedups.csv, curves_<task>.png, speedup.png.
+seed), speedups.csv, curves_<task>.png, speedup.png, for this call's methods; `python -m jobs.report`
+writes the same over every run in OUT, whatever call made it.
 
 The config lists tasks (task-spec entries, as in collection configs) with a `target` value per
 task and an optional `period` (steps between nowcasts, default 1000), e.g.
