@@ -9,7 +9,8 @@ task spec, the period (nowcasting methods only) and the checkpoint's bytes, so a
 retrained checkpoint is run again rather than read stale. `--period N` overrides every task's
 period; `--guard N` adds each nowcaster guarded (`nino.NiNo(guard=...)`, scoring N batches of the
 dataset's guard split (`guard_size`) or else N fixed training batches; method NAME+guardN, with
-`--guard-delay D` judged D steps after the nowcast: NAME+guardNdD). `--upd-scale`, `--k-power` and
+`--guard-delay D` judged D steps after the nowcast: NAME+guardNdD; without a delay `--guard-horizons H`
+also scores the predictions at k/2, ..., k/2^(H-1): NAME+guardN+hH). `--upd-scale`, `--k-power` and
 `--k-max` take comma-separated values and run each nowcaster with every combination (NiNo's
 `upd_scale`, `k_power`, `k_max`; methods NAME+uS+pP+kK, defaults left out of the name; see
 `metatrain.evaluation.MethodOptions`); `--record-initial` adds each with NiNo's `record_initial`
@@ -149,14 +150,15 @@ def check_periods(task_list: list[tuple[TaskSpec, int, float]], methods: dict[st
 def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | None = None,
              tasks: list[str] | None = None, address: str | None = None, baselines: bool = True,
              progress: bool = True, period: int | None = None, guard: int = 0,
-             guard_delay: int = 0, guard_branch: bool = False, upd_scales: list[float] | None = None,
-             k_powers: list[float] | None = None,
+             guard_delay: int = 0, guard_branch: bool = False, guard_horizons: int = 1,
+             upd_scales: list[float] | None = None, k_powers: list[float] | None = None,
              k_maxes: list[int | None] | None = None, seed_offset: int = 0,
              record_initial: bool = False, reorder: int = 0) -> tuple[list[Curve], str]:
     """Run (or finish) the evaluation grid; write outputs; return the curves and the table. Each
     nowcaster runs with every combination of `upd_scales`, `k_powers` and `k_maxes` (default: the
     paper's 1, 2 and the nowcaster's seq_len), and guarded as well with `guard` > 0 (`guard_delay`,
-    `guard_branch`: NiNo's options of those names); with
+    `guard_branch`: NiNo's options of those names; `guard_horizons` H: NiNo's `guard_horizons` 1, 1/2,
+    ..., 1/2^(H-1)); with
     `record_initial` each also with its states recorded from the initial one on; `reorder` adds Adam
     with its batches in `reorder` other orders (`adam+order1`, ...). The seeds are
     `EVAL_SEED + seed_offset` onwards."""
@@ -184,6 +186,9 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
         raise ConfigError(f'--reorder must be 0 or more, got {reorder}')
     if guard_branch and not (guard and guard_delay):
         raise ConfigError(f'--guard-branch needs --guard and --guard-delay (got {guard} and {guard_delay})')
+    if guard_horizons < 1 or (guard_horizons > 1 and not (guard and not guard_delay)):
+        raise ConfigError(f'--guard-horizons must be 1 or more, and above 1 it needs --guard without '
+                          f'--guard-delay (got {guard_horizons}, --guard {guard}, --guard-delay {guard_delay})')
     methods: dict[str, str | None] = {BASE: None}
     methods.update({MethodOptions(BASE, order=o).label: None for o in range(1, reorder + 1)})
     for ckpt in nino:
@@ -199,7 +204,8 @@ def evaluate(config: str | Path, out: str | Path, nino: list[str], seeds: int | 
             options = MethodOptions(name, upd_scale=u, k_power=p, k_max=k, record_initial=init)
             methods[options.label] = str(Path(ckpt).resolve())
             if guard:
-                guarded = replace(options, guard=guard, guard_delay=guard_delay, guard_branch=guard_branch)
+                guarded = replace(options, guard=guard, guard_delay=guard_delay, guard_branch=guard_branch,
+                                  guard_horizons=guard_horizons)
                 methods[guarded.label] = methods[options.label]
     if baselines:
         methods[LINEAR] = None
@@ -271,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--guard-branch', action='store_true', help='judge each guarded nowcast against the base '
                         "optimizer's own --guard-delay steps from before it, and switch to those on a rollback "
                         '(NAME+guardNdD+branch)')
+    parser.add_argument('--guard-horizons', type=int, default=1, help='with an immediate guard, also score '
+                        'the predictions at k/2, ..., k/2^(H-1) (NAME+guardN+hH)')
     parser.add_argument('--upd-scale', default='1', help='comma-separated scales of the predicted change; each '
                                                          'nowcaster runs with every one (default: 1)')
     parser.add_argument('--k-power', default='2', help='comma-separated decay powers of the horizon k (default: 2)')
@@ -285,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                             args.tasks.split(',') if args.tasks else None,
                             args.address or os.environ.get('RAY_ADDRESS'), not args.no_baselines,
                             period=args.period, guard=args.guard, guard_delay=args.guard_delay,
-                            guard_branch=args.guard_branch, seed_offset=args.seed_offset,
+                            guard_branch=args.guard_branch, guard_horizons=args.guard_horizons,
+                            seed_offset=args.seed_offset,
                             record_initial=args.record_initial, reorder=args.reorder,
                             **options)
     except ConfigError as err:

@@ -65,10 +65,11 @@ class Curve:
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """What a method name says: `NAME[+guardN[dD]][+branch][+uS][+pP][+kK][+init][+orderO]`: nowcaster NAME,
-    guarded on N training batches (judged D steps after the nowcast, against the base optimizer's own D
-    steps with `+branch`), predicted change scaled by S, horizon decaying with power P from K, states
-    recorded from the initial one on (NiNo's `guard`, `guard_delay`, `guard_branch`, `upd_scale`,
+    """What a method name says: `NAME[+guardN[dD]][+branch][+hH][+uS][+pP][+kK][+init][+orderO]`: nowcaster
+    NAME, guarded on N training batches (judged D steps after the nowcast, against the base optimizer's own
+    D steps with `+branch`; judged at once, also scoring the predictions at k/2, ..., k/2^(H-1) with
+    `+hH`), predicted change scaled by S, horizon decaying with power P from K, states recorded from the
+    initial one on (NiNo's `guard`, `guard_delay`, `guard_branch`, `guard_horizons`, `upd_scale`,
     `k_power`, `k_max`, `record_initial`), training batches in another order O (same initial weights:
     `adam+order1` is Adam's run-to-run noise, a control for the other methods)."""
 
@@ -76,6 +77,7 @@ class MethodOptions:
     guard: int = 0
     guard_delay: int = 0
     guard_branch: bool = False
+    guard_horizons: int = 1
     upd_scale: float = 1.0
     k_power: float = 2.0
     k_max: int | None = None
@@ -90,6 +92,8 @@ class MethodOptions:
             out += f'{GUARD}{self.guard}' + (f'd{self.guard_delay}' if self.guard_delay else '')
         if self.guard_branch:
             out += '+branch'
+        if self.guard_horizons != 1:
+            out += f'+h{self.guard_horizons}'
         if self.upd_scale != 1.0:
             out += f'+u{self.upd_scale:g}'
         if self.k_power != 2.0:
@@ -102,8 +106,13 @@ class MethodOptions:
             out += f'+order{self.order}'
         return out
 
+    @property
+    def horizon_fractions(self) -> tuple[float, ...]:
+        """NiNo's `guard_horizons` for `+hH`: 1, 1/2, ..., 1/2^(H-1)."""
+        return tuple(0.5 ** i for i in range(self.guard_horizons))
 
-METHOD_FORM = 'NAME[+guardN[dD]][+branch][+uS][+pP][+kK][+init][+orderO]'
+
+METHOD_FORM = 'NAME[+guardN[dD]][+branch][+hH][+uS][+pP][+kK][+init][+orderO]'
 
 #: Seed stride between batch orders: order O of seed S draws its batches from seed S + O * ORDER_STRIDE.
 ORDER_STRIDE = 104729
@@ -126,6 +135,10 @@ def parse_method(method: str) -> MethodOptions:
             elif part.startswith('guard'):
                 count, _, delay = part[5:].partition('d')
                 fields['guard'], fields['guard_delay'] = int(count), int(delay or 0)
+            elif part[:1] == 'h':
+                fields['guard_horizons'] = int(part[1:])
+                if fields['guard_horizons'] < 1:
+                    raise ValueError(part)
             elif part[:1] == 'u':
                 fields['upd_scale'] = float(part[1:])
             elif part[:1] == 'p':
@@ -135,10 +148,13 @@ def parse_method(method: str) -> MethodOptions:
             else:
                 raise ValueError(part)
     except ValueError:
-        raise ValueError(f'method {method!r}: expected {METHOD_FORM} (N batches, delay D steps, scale S, '
-                         f'power P, first horizon K, states from the initial one, batch order O >= 1)') from None
+        raise ValueError(f'method {method!r}: expected {METHOD_FORM} (N batches, delay D steps, H >= 1 '
+                         f'horizons, scale S, power P, first horizon K, states from the initial one, batch '
+                         f'order O >= 1)') from None
     if fields.get('guard_branch') and not (fields.get('guard') and fields.get('guard_delay')):
         raise ValueError(f'method {method!r}: +branch needs a delayed guard before it (+guardNdD)')
+    if fields.get('guard_horizons', 1) > 1 and not (fields.get('guard') and not fields.get('guard_delay')):
+        raise ValueError(f'method {method!r}: +h needs an immediate guard before it (+guardN, no delay)')
     return MethodOptions(name, **fields)
 
 
@@ -198,7 +214,7 @@ def run_curve(spec: TaskSpec, seed: int, method: str, nowcaster: Nowcaster | Non
 
         opt = NiNo(base, model, ckpt=nowcaster, period=period, max_train_steps=spec.steps,
                    guard=guard if guard_set else None, guard_delay=options.guard_delay,
-                   guard_branch=options.guard_branch,
+                   guard_branch=options.guard_branch, guard_horizons=options.horizon_fractions,
                    upd_scale=options.upd_scale, k_power=options.k_power, k_max=options.k_max,
                    record_initial=options.record_initial)
         gen = torch.Generator().manual_seed(seed + ORDER_STRIDE * options.order)

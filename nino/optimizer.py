@@ -15,9 +15,11 @@ by default, as the paper), and `upd_scale` scales the predicted change (the pape
 
 A guard (`guard=`, no published nowcaster has one) decides with a user-given loss whether a
 nowcast is kept. Immediately (`guard_delay=0`): it scores the current parameters and candidates
-along the predicted change (`guard_scales`, e.g. the whole change, half, a quarter), writes the
-best candidate only if it beats the current parameters by `guard_margin`, and otherwise lets the
-base optimizer take the step (1 + len(guard_scales) loss calls per nowcast). After a recovery
+along the predicted change (`guard_scales`, e.g. the whole change, half, a quarter), also of the
+predictions at shorter horizons (`guard_horizons`, fractions of k; one more nowcaster pass each),
+writes the best candidate only if it beats the current parameters by `guard_margin`, and otherwise
+lets the base optimizer take the step (1 + len(guard_scales) x len(guard_horizons) loss calls per
+nowcast). After a recovery
 (`guard_delay=N`): it takes the prediction, keeps a copy of the parameters and of the base
 optimizer's state, and N steps later rolls both back if the loss is not below the loss before the
 nowcast by `guard_margin` (2 loss calls per nowcast; the N steps are then lost); no nowcast is
@@ -111,6 +113,8 @@ class NiNo(torch.optim.Optimizer):
             or fresh training batches; it runs under `torch.no_grad()`); None: every nowcast is taken.
         guard_scales: candidates the guard scores: the current parameters plus each scale times the
             predicted change.
+        guard_horizons: fractions of the nowcast's horizon k whose predictions the immediate guard scores
+            (each at every scale; (1.0,): the prediction at k alone; e.g. (1, 0.5, 0.25) adds k/2, k/4).
         guard_margin: how much lower than the current parameters' loss a candidate's must be.
         guard_delay: 0 to judge candidates at once; N to judge the prediction N steps after it was
             written and roll it back (parameters and base optimizer state) if it did not pay off.
@@ -130,8 +134,8 @@ class NiNo(torch.optim.Optimizer):
                  upd_scale: float = 1.0,
                  k_power: float = 2.0, k_max: int | None = None, record_initial: bool = False,
                  guard: Callable[[], float | Tensor] | None = None,
-                 guard_scales: Sequence[float] = (1.0, 0.5, 0.25), guard_margin: float = 0.0,
-                 guard_delay: int = 0, guard_branch: bool = False) -> None:
+                 guard_scales: Sequence[float] = (1.0, 0.5, 0.25), guard_horizons: Sequence[float] = (1.0,),
+                 guard_margin: float = 0.0, guard_delay: int = 0, guard_branch: bool = False) -> None:
         # Optimizer.__init__ is not called: the wrapper has no param groups of its own (see the properties)
         self.base_opt = base_opt
         self.period = period
@@ -143,6 +147,7 @@ class NiNo(torch.optim.Optimizer):
         self.record_initial = record_initial
         self.guard = guard
         self.guard_scales = tuple(guard_scales)
+        self.guard_horizons = tuple(guard_horizons)
         self.guard_margin = guard_margin
         self.guard_delay = guard_delay
         self.guard_branch = guard_branch
@@ -152,6 +157,11 @@ class NiNo(torch.optim.Optimizer):
         self._pending: dict | None = None  # a nowcast awaiting its delayed judgement, with the copy to roll back to
         if guard is not None and (not self.guard_scales or min(self.guard_scales) <= 0):
             raise ValueError(f'guard_scales must be positive scales of the predicted change, got {guard_scales}')
+        if not self.guard_horizons or not all(0 < f <= 1 for f in self.guard_horizons):
+            raise ValueError(f'guard_horizons must be fractions in (0, 1] of the horizon k, got {guard_horizons}')
+        if self.guard_horizons != (1.0,) and (guard is None or guard_delay):
+            raise ValueError(f'guard_horizons {guard_horizons} are candidates of the immediate guard: they need a '
+                             f'guard and guard_delay=0 (got guard_delay={guard_delay})')
         if guard is not None and guard_delay >= period:
             raise ValueError(f'guard_delay ({guard_delay}) must be shorter than the period ({period}): each nowcast '
                              f'is judged before the next')
@@ -269,20 +279,23 @@ class NiNo(torch.optim.Optimizer):
             self._states[i] = states[:0, i]
         self._states = []
         k = self.current_k()
-        x = self.graphs.predict(self.nowcaster, states, k, self.edge_sample_ratio,
-                                torch.bfloat16 if self.amp else None)
+        current = states[:, -1]
+
+        def at(horizon: int) -> Tensor:
+            x = self.graphs.predict(self.nowcaster, states, horizon, self.edge_sample_ratio,
+                                    torch.bfloat16 if self.amp else None)
+            return torch.lerp(current, x, self.upd_scale) if self.upd_scale != 1.0 else x
+
+        x = at(k)
         if not bool(torch.isfinite(x).all()):
             self.num_rejected += 1
             warnings.warn(f'NiNo: the nowcast at step {self.step_idx + 1} (k={k}) has NaN/Inf values; '
                           f'it is discarded and the base optimizer takes this step', RuntimeWarning, stacklevel=3)
             return False
-        current = states[:, -1]
-        if self.upd_scale != 1.0:
-            x = torch.lerp(current, x, self.upd_scale)
         if self.guard is not None and self.guard_delay:
             self._pending = {'step': self.step_idx + 1, 'k': k, 'loss_before': self._score(),
                              'params': current.clone(), 'state': _clone_state(self.base_opt.state)}
-        elif self.guard is not None and not self._guard(current, x, k):  # leaves its chosen candidate
+        elif self.guard is not None and not self._guard(current, x, k, at):  # leaves its chosen candidate
             self.num_rejected += 1
             return False
         if self.guard is None or self.guard_delay:
@@ -346,24 +359,30 @@ class NiNo(torch.optim.Optimizer):
                  self.guard_delay, pending['step'], pending['loss_before'], after,
                  'branch' if self.guard_branch else 'before', against, 'kept' if kept else 'rolled back')
 
-    def _guard(self, current: Tensor, x: Tensor, k: int) -> bool:
-        """Score the current parameters and each candidate along the change to `x`; leave the best in
-        the model and say whether it is a candidate (the current parameters are written back otherwise)."""
+    def _guard(self, current: Tensor, x: Tensor, k: int, at: Callable[[int], Tensor]) -> bool:
+        """Score the current parameters and each candidate along the change to `x` (the prediction at k)
+        and to `at(h)`'s predictions at the shorter horizons h; leave the best in the model and say whether
+        it is a candidate (the current parameters are written back otherwise)."""
         before = best = self._score()
-        best_scale = 0.0
-        for scale in self.guard_scales:
-            self._write(torch.lerp(current, x, scale))
-            loss = self._score()
-            if loss < best:
-                best, best_scale = loss, scale
+        best_x, best_scale, best_horizon = current, 0.0, 0
+        for horizon in dict.fromkeys(max(1, round(k * f)) for f in self.guard_horizons):
+            y = x if horizon == k else at(horizon)
+            if not bool(torch.isfinite(y).all()):
+                continue
+            for scale in self.guard_scales:
+                candidate = torch.lerp(current, y, scale)
+                self._write(candidate)
+                loss = self._score()
+                if loss < best:
+                    best, best_x, best_scale, best_horizon = loss, candidate, scale, horizon
         accepted = best_scale > 0 and best < before - self.guard_margin
         if not accepted:
-            best, best_scale = before, 0.0
-        self._write(torch.lerp(current, x, best_scale))
+            best, best_x, best_scale, best_horizon = before, current, 0.0, 0
+        self._write(best_x)
         self.guard_history.append({'step': self.step_idx + 1, 'k': k, 'loss_before': before, 'loss_after': best,
-                                   'scale': best_scale, 'accepted': accepted})
-        log.info('NiNo guard at step %d (k=%d): loss %.4g -> %.4g, scale %g: %s', self.step_idx + 1, k, before,
-                 best, best_scale, 'nowcast taken' if accepted else 'base optimizer steps')
+                                   'scale': best_scale, 'horizon': best_horizon, 'accepted': accepted})
+        log.info('NiNo guard at step %d (k=%d): loss %.4g -> %.4g, scale %g at horizon %d: %s', self.step_idx + 1,
+                 k, before, best, best_scale, best_horizon, 'nowcast taken' if accepted else 'base optimizer steps')
         return accepted
 
     def _write(self, x: Tensor) -> None:

@@ -221,6 +221,14 @@ def test_method_names_carry_the_nowcast_options_and_read_back():
     for bad in ('nino_mlp+branch', 'nino_mlp+guard4+branch'):
         with pytest.raises(ValueError, match='\\+branch needs a delayed guard'):
             parse_method(bad)
+    options = parse_method('nino_mlp+h3+guard4')
+    assert options.label == 'nino_mlp+guard4+h3' and options.horizon_fractions == (1.0, 0.5, 0.25)
+    assert MethodOptions('nino_mlp', guard=4).horizon_fractions == (1.0,)
+    for bad in ('nino_mlp+h2', 'nino_mlp+guard4d20+h2'):
+        with pytest.raises(ValueError, match='\\+h needs an immediate guard'):
+            parse_method(bad)
+    with pytest.raises(ValueError, match='NAME\\[\\+guardN'):
+        parse_method('nino_mlp+guard4+h0')
 
 
 def test_the_method_name_sets_the_nowcasts_horizon_and_scale():
@@ -327,6 +335,8 @@ def test_evaluate_config_errors_name_the_field(tmp_path, task, message):
     (['--seed-offset', '-1'], '--seed-offset must be 0 or more, got -1'),
     (['--reorder', '-2'], '--reorder must be 0 or more, got -2'),
     (['--guard', '4', '--guard-branch'], '--guard-branch needs --guard and --guard-delay (got 4 and 0)'),
+    (['--guard', '4', '--guard-delay', '20', '--guard-horizons', '2'],
+     '--guard-horizons must be 1 or more, and above 1 it needs --guard without --guard-delay'),
     (['--nino', 'ours+v2.safetensors'], "'+' separates method options, rename the file"),
 ])
 def test_evaluate_option_errors_name_the_flag(tmp_path, capsys, flags, message):

@@ -320,6 +320,33 @@ def test_the_guard_writes_the_candidate_it_chose_not_the_whole_change():
     assert torch.allclose(seen[2], torch.lerp(seen[0], seen[1], 0.5), atol=1e-6)
 
 
+def test_the_guard_scores_shorter_horizons_and_writes_the_one_it_chose():
+    """guard_horizons (1, 0.5): the predictions at k and k/2, each at scales 1, 0.5, 0.25; k/2 at half the
+    change wins, which for a linear extrapolation is a quarter of the change to k."""
+    model, x, y = _regression(8)
+    seen, scores = [], iter([1.0, 0.9, 0.8, 0.85, 0.95, 0.5, 0.7])  # current; k x 3 scales; k/2 x 3 scales
+
+    def guard() -> float:
+        seen.append(torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()]))
+        return next(scores)
+
+    opt = NiNo(torch.optim.SGD(model.parameters(), lr=0.05), model, ckpt=LinearExtrapolation(seq_len=10), period=5,
+               max_train_steps=10, guard=guard, guard_scales=(1.0, 0.5, 0.25), guard_horizons=(1.0, 0.5))
+    _run([(model, opt)], x, y, 5)
+    (record,) = opt.guard_history
+    assert (record['k'], record['horizon'], record['scale'], record['accepted']) == (10, 5, 0.5, True)
+    assert len(seen) == 7 and torch.equal(opt._flat_params(), seen[5])
+    assert torch.allclose(seen[5], torch.lerp(seen[0], seen[1], 0.25), atol=1e-6)
+    assert torch.allclose(seen[4], torch.lerp(seen[0], seen[1], 0.5), atol=1e-6)  # k/2 at scale 1
+    for bad, message in (((1.0, 0.0), 'fractions in \\(0, 1\\]'), ((1.0, 1.5), 'fractions in \\(0, 1\\]')):
+        with pytest.raises(ValueError, match=message):
+            NiNo(torch.optim.SGD(model.parameters()), model, ckpt=LinearExtrapolation(), guard=guard,
+                 guard_horizons=bad)
+    with pytest.raises(ValueError, match='candidates of the immediate guard: they need a guard and guard_delay=0'):
+        NiNo(torch.optim.SGD(model.parameters()), model, ckpt=LinearExtrapolation(), period=100, guard=guard,
+             guard_delay=20, guard_horizons=(1.0, 0.5))
+
+
 def test_the_guard_takes_the_best_candidate_and_its_record_survives_a_resume():
     model, x, y = _regression(1)
     opt = NiNo(torch.optim.SGD(model.parameters(), lr=0.02), model, ckpt=LinearExtrapolation(seq_len=10), period=5,
