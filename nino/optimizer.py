@@ -19,16 +19,15 @@ along the predicted change (`guard_scales`, e.g. the whole change, half, a quart
 predictions at shorter horizons (`guard_horizons`, fractions of k; one more nowcaster pass each),
 writes the best candidate only if it beats the current parameters by `guard_margin`, and otherwise
 lets the base optimizer take the step (1 + len(guard_scales) x len(guard_horizons) loss calls per
-nowcast). After a recovery
-(`guard_delay=N`): it takes the prediction, keeps a copy of the parameters and of the base
-optimizer's state, and N steps later rolls both back if the loss is not below the loss before the
-nowcast by `guard_margin` (2 loss calls per nowcast; the N steps are then lost); no nowcast is
-made within N steps of `max_train_steps`. With `guard_branch` the base optimizer also trains the
-pre-nowcast parameters during those N steps (a branch: its own copy of the base optimizer's state,
-gradients from `step(closure)` on the same batches), the nowcast is kept only if it beats that
-branch, and a rollback switches to the branch, so no step is lost (N + 1 gradient evaluations and
-3 loss calls per nowcast). Nowcasts usually raise the loss at first and pay off
-after ~100 steps (docs/results.md), which only the second form sees. Each decision is kept in
+nowcast). After a recovery (`guard_delay=N`): it takes the prediction, keeps a copy of the
+parameters and of the base optimizer's state, and N steps later rolls both back if the loss is not
+below the loss before the nowcast by `guard_margin` (2 loss calls per nowcast; the N steps are then
+lost); no nowcast is made within N steps of `max_train_steps`. With `guard_branch` the base
+optimizer also trains the pre-nowcast parameters during those N steps (a branch: its own copy of
+the base optimizer's state, gradients from `step(closure)` on the same batches), the nowcast is kept
+only if it beats that branch, and a rollback switches to the branch, so no step is lost (N + 1
+gradient evaluations and 3 loss calls per nowcast). Nowcasts usually raise the loss at first and pay
+off after ~100 steps (docs/results.md), which only the delayed forms see. Each decision is kept in
 `guard_history` (and in the state dict).
 """
 
@@ -161,7 +160,8 @@ class NiNo(torch.optim.Optimizer):
             raise ValueError(f'guard_horizons must be fractions in (0, 1] of the horizon k, got {guard_horizons}')
         if self.guard_horizons != (1.0,) and (guard is None or guard_delay):
             raise ValueError(f'guard_horizons {guard_horizons} are candidates of the immediate guard: they need a '
-                             f'guard and guard_delay=0 (got guard_delay={guard_delay})')
+                             f'guard and guard_delay=0 (got guard={"None" if guard is None else "given"}, '
+                             f'guard_delay={guard_delay})')
         if guard is not None and guard_delay >= period:
             raise ValueError(f'guard_delay ({guard_delay}) must be shorter than the period ({period}): each nowcast '
                              f'is judged before the next')
