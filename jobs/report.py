@@ -63,8 +63,9 @@ def write_table(rows: list[SpeedupRow], targets: dict[str, float], metrics: dict
     if curves:
         paired = paired_variants(curves, targets)
         if paired:
-            extra += ('\n\nEach variant against its nowcaster on the same seeds (speedup over Adam of the '
-                      'variant minus that of the nowcaster; seeds where all three reached the target):'
+            extra += ('\n\nEach variant against its nowcaster, and against itself with one option fewer, on '
+                      'the same seeds (speedup over Adam of the variant minus that of the method against; seeds '
+                      'where all three reached the target):'
                       f'\n\n{paired_table(paired)}')
         extra += f'\n\n{per_seed_table(curves, targets)}'
     (out / 'summary.md').write_text(table + extra + '\n')

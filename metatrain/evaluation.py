@@ -378,40 +378,43 @@ def speedups(curves: list[Curve], targets: dict[str, float], base: str = BASE) -
 class PairedRow:
     task: str
     method: str  # a variant NAME+options...
-    against: str  # ...and its plain nowcaster NAME
-    compared: int  # seeds where the base, the variant and NAME all reached the target
-    diff_mean: float  # mean over those seeds of speedup(variant) - speedup(NAME)
+    against: str  # ...and its plain nowcaster NAME, or the variant with one option fewer
+    compared: int  # seeds where the base, the variant and `against` all reached the target
+    diff_mean: float  # mean over those seeds of speedup(variant) - speedup(against)
     diff_ci: float  # half-width of its 95% t-interval
     faster: int  # seeds where the variant reached the target in fewer steps than NAME
     slower: int
 
 
 def paired_variants(curves: list[Curve], targets: dict[str, float], base: str = BASE) -> list[PairedRow]:
-    """Per task, each method `NAME+options` whose `NAME` was run too, against `NAME` on the same seeds:
-    the mean difference of their speedups over `base` with its 95% interval, and on how many seeds the
-    variant reached the target sooner or later."""
+    """Per task, each method `NAME+options` against `NAME` and against each method that has one option
+    fewer (`NAME+guard4+h3` against `NAME+guard4`), where those were run, on the same seeds: the mean
+    difference of their speedups over `base` with its 95% interval, and on how many seeds the variant
+    reached the target sooner or later."""
     by_key = {(c.task, c.seed, c.method): c for c in curves}
     rows = []
     for task in sorted({c.task for c in curves}):
         methods = sorted({c.method for c in curves if c.task == task})
         seeds = sorted({c.seed for c in curves if c.task == task})
         for method in methods:
-            plain = method.split('+')[0]
-            if plain == method or plain not in methods:
-                continue
-            diffs, faster, slower = [], 0, 0
-            for seed in seeds:
-                trio = [by_key.get((task, seed, m)) for m in (base, method, plain)]
-                if None in trio:
+            plain, *parts = method.split('+')
+            fewer = ['+'.join([plain, *parts[:i], *parts[i + 1:]]) for i in range(len(parts))]
+            for against in dict.fromkeys([plain, *fewer]):
+                if against == method or against not in methods:
                     continue
-                b, v, p = (curve_steps_to_target(c, targets[task]) for c in trio)
-                if math.isnan(b) or math.isnan(v) or math.isnan(p):
-                    continue
-                diffs.append(speedup(b, v) - speedup(b, p))
-                faster += v < p
-                slower += v > p
-            rows.append(PairedRow(task, method, plain, len(diffs), float(np.mean(diffs)) if diffs else math.nan,
-                                  _t_halfwidth(diffs), faster, slower))
+                diffs, faster, slower = [], 0, 0
+                for seed in seeds:
+                    trio = [by_key.get((task, seed, m)) for m in (base, method, against)]
+                    if None in trio:
+                        continue
+                    b, v, p = (curve_steps_to_target(c, targets[task]) for c in trio)
+                    if math.isnan(b) or math.isnan(v) or math.isnan(p):
+                        continue
+                    diffs.append(speedup(b, v) - speedup(b, p))
+                    faster += v < p
+                    slower += v > p
+                rows.append(PairedRow(task, method, against, len(diffs), float(np.mean(diffs)) if diffs else math.nan,
+                                      _t_halfwidth(diffs), faster, slower))
     return rows
 
 

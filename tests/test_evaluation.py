@@ -84,17 +84,23 @@ def _reach(step):
 
 def test_variants_are_compared_with_their_nowcaster_seed_by_seed():
     reach = {'adam': [400, 400, 400, 400], 'n': [200, 100, 400, 200], 'n+init': [100, 100, 200, None],
-             'n+u2': [400, 200, 400, 400], 'n+k5': [200, 100, 400, 200], 'other+init': [100] * 4}
+             'n+u2': [400, 200, 400, 400], 'n+k5': [200, 100, 400, 200], 'other+init': [100] * 4,
+             'n+k5+init': [100, 100, 100, 100], 'other+k5+init': [100] * 4}
     curves = [_curve('t', seed, m, _reach(steps[seed])) for m, steps in reach.items() for seed in range(4)]
-    rows = {r.method: r for r in paired_variants(curves, {'t': 0.8})}
-    assert set(rows) == {'n+init', 'n+u2', 'n+k5'}  # 'other' was not run: nothing to pair with
+    paired = paired_variants(curves, {'t': 0.8})
+    assert [(r.method, r.against) for r in paired] == [  # 'other' was not run, 'other+init' was
+        ('n+init', 'n'), ('n+k5', 'n'), ('n+k5+init', 'n'), ('n+k5+init', 'n+init'), ('n+k5+init', 'n+k5'),
+        ('n+u2', 'n'), ('other+k5+init', 'other+init')]
+    rows = {r.method: r for r in paired if r.against == 'n'}
+    one_fewer = next(r for r in paired if (r.method, r.against) == ('n+k5+init', 'n+init'))
+    assert (one_fewer.compared, one_fewer.faster, one_fewer.slower) == (3, 1, 0)  # n+init never reached on seed 3
     init = rows['n+init']
     assert (init.against, init.compared, init.faster, init.slower) == ('n', 3, 2, 0)  # seed 3: n+init never reached
     assert init.diff_mean == pytest.approx(((4 - 2) + (4 - 4) + (2 - 1)) / 3)
     assert init.diff_ci == pytest.approx(4.3027 * np.std([2, 0, 1], ddof=1) / math.sqrt(3), rel=1e-4)
     u2 = rows['n+u2']
     assert (u2.compared, u2.faster, u2.slower) == (4, 0, 3) and u2.diff_mean == pytest.approx((-1 - 2 + 0 - 1) / 4)
-    table = paired_table(list(rows.values())).splitlines()
+    table = paired_table([rows['n+init'], rows['n+k5']]).splitlines()
     assert table[2] == '| t | n+init | n | 3 | +1.00x | -1.48 to +3.48x | 2 | 0 | 1 |'
     assert table[3] == '| t | n+k5 | n | 4 | +0.00x | +0.00 to +0.00x | 0 | 0 | 4 |'  # never '-0.00'
 
