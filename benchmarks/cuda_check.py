@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from metatrain.training import TrainConfig, train
+from metatrain.training import SCALER_SKIP, TrainConfig, train
 from nino import NiNo
 from pipeline.data import load_dataset
 from pipeline.record_here import record_store
@@ -41,7 +41,7 @@ def meta_train(store: Path, out: Path, amp: str, device: str, steps: int) -> dic
                holdout=2, val_every=0, ckpt_every=steps)
     summary = train(TrainConfig.from_dict(cfg), progress=False)
     with open(out / f'train-{amp}' / 'log.csv') as f:  # seconds since the loop began, per step
-        steps = [r for r in csv.DictReader(f) if not r['event'] or r['event'].startswith('fp16 overflow')]
+        steps = [r for r in csv.DictReader(f) if not r['event'] or r['event'].startswith(SCALER_SKIP)]
     seconds = [float(r['seconds']) for r in steps]
     warm = min(10, len(seconds) - 1)  # the first steps include the first batches' reads and warm-up
     return dict(amp=amp, device=device, steps=summary['step'],

@@ -382,7 +382,7 @@ class PairedRow:
     compared: int  # seeds where the base, the variant and `against` all reached the target
     diff_mean: float  # mean over those seeds of speedup(variant) - speedup(against)
     diff_ci: float  # half-width of its 95% t-interval
-    faster: int  # seeds where the variant reached the target in fewer steps than NAME
+    faster: int  # seeds where the variant reached the target in fewer steps than `against`
     slower: int
 
 

@@ -40,6 +40,7 @@ from pipeline.loader import WindowBatch, WindowConfig, WindowStream, window_load
 CHECKPOINT_DIR = 'checkpoints'
 EXPORT_NAME = 'nowcaster.safetensors'
 CSV_FIELDS = ('step', 'batch', 'loss', 'lr', 'grad_norm', 'seconds', 'event')
+SCALER_SKIP = 'fp16 overflow: update skipped'  # log.csv event of a step whose update the grad scaler skipped
 
 
 class TrainingDiverged(RuntimeError):
@@ -491,7 +492,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                 scaler.step(optimizer)
                 scaler.update()
                 if scaler.get_scale() < scale:  # fp16 gradients overflowed: the scaler skipped the update
-                    event = f'fp16 overflow: update skipped, loss scale {scale:g} -> {scaler.get_scale():g}'
+                    event = f'{SCALER_SKIP}, loss scale {scale:g} -> {scaler.get_scale():g}'
             else:
                 optimizer.step()
             with warnings.catch_warnings():  # a step the scaler skipped still counts on the schedule
